@@ -1,0 +1,5 @@
+"""FleetLens: a telemetry analytics workbench with a lambda architecture."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ``fleetlens`` command line."""

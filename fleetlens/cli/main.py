@@ -1,0 +1,303 @@
+"""``fleetlens``: one entry point for every job. Settings are loaded once here and passed down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from fleetlens import __version__
+from fleetlens.config import Settings, load_settings
+from fleetlens.logging import configure_logging
+
+app = typer.Typer(
+    name="fleetlens", no_args_is_help=True, pretty_exceptions_enable=False,
+    help="FleetLens: telemetry analytics over Kafka, Spark and Delta Lake.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
+broker_app = typer.Typer(no_args_is_help=True, help="The embedded Kafka broker (Tansu).")
+simulate_app = typer.Typer(no_args_is_help=True, help="Simulated fleets: live or history.")
+app.add_typer(config_app, name="config")
+app.add_typer(broker_app, name="broker")
+app.add_typer(simulate_app, name="simulate")
+
+console = Console(stderr=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fleetlens {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Configuration profile (conf/<profile>.yaml); default embedded.",
+                     envvar="FLEETLENS_PROFILE"),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """Load the settings once for whichever command runs."""
+    try:
+        settings = load_settings(profile)
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"[red]configuration error:[/red] {error}")
+        raise typer.Exit(2) from error
+    configure_logging(settings)
+    ctx.obj = settings
+
+
+def _stop_on_signals(stop: threading.Event | asyncio.Event) -> None:
+    """SIGTERM and SIGINT ask the running loop to finish cleanly."""
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Print the effective configuration, secrets masked."""
+    data = _settings(ctx).redacted()
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+# -- broker ---------------------------------------------------------------------------------
+
+
+@broker_app.command("start")
+def broker_start(ctx: typer.Context) -> None:
+    """Start the embedded broker (if not running) and create the topics; returns once ready."""
+    from fleetlens.kafka.broker import EmbeddedBroker
+
+    status = EmbeddedBroker(_settings(ctx)).start()
+    print(json.dumps(vars(status)))
+
+
+@broker_app.command("stop")
+def broker_stop(ctx: typer.Context) -> None:
+    """Stop the embedded broker (its data is in memory and is lost)."""
+    from fleetlens.kafka.broker import EmbeddedBroker
+
+    stopped = EmbeddedBroker(_settings(ctx)).stop()
+    print(json.dumps({"stopped": stopped}))
+
+
+@broker_app.command("status")
+def broker_status(ctx: typer.Context) -> None:
+    """Whether the broker is reachable, and the topics' partition counts. Exit 1 if down."""
+    from fleetlens.kafka.broker import EmbeddedBroker
+
+    status = EmbeddedBroker(_settings(ctx)).status()
+    print(json.dumps(vars(status)))
+    if not status.reachable:
+        raise typer.Exit(1)
+
+
+# -- services -------------------------------------------------------------------------------
+
+
+@app.command()
+def collector(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Override collector.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override collector.port.")] = None,
+) -> None:
+    """Serve the HTTP collector: POST /api/v1/metrics → Kafka."""
+    import uvicorn
+
+    from fleetlens.ingest.collector import create_app
+
+    settings = _settings(ctx)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.collector.host,
+        port=port or settings.collector.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def archive(
+    ctx: typer.Context,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(help="Stop, after flushing, once no record came for this many seconds."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+) -> None:
+    """Archive fleet.metrics.v1 into the landing zone (Parquet by event hour), exactly once."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from fleetlens.ingest.archiver import Archiver
+
+    if metrics_port:
+        start_http_server(metrics_port)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    stats = Archiver(_settings(ctx), registry=REGISTRY).run(
+        stop=stop, exit_when_idle_s=exit_when_idle
+    )
+    print(json.dumps(vars(stats)))
+
+
+# -- simulate -------------------------------------------------------------------------------
+
+
+def _parse_duration(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * units[suffix]
+    return float(text)
+
+
+def _fleet(settings: Settings, servers: int, seed: int) -> Any:
+    from fleetlens.simulator.fleet import Fleet, FleetSpec
+
+    anchor = int(time.time()) // 86_400 * 86_400
+    return Fleet(FleetSpec.from_settings(settings.simulator, servers=servers, seed=seed,
+                                         anchor_s=anchor))
+
+
+@simulate_app.command("live")
+def simulate_live(
+    ctx: typer.Context,
+    servers: Annotated[int, typer.Option(help="Simulated servers.")] = 200,
+    interval: Annotated[str, typer.Option(help="Sampling interval, e.g. 10s.")] = "10s",
+    duration: Annotated[float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Most payloads/s to send.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same telemetry.")] = 42,
+    late: Annotated[float, typer.Option(help="Fraction of payloads sent late.")] = 0.0,
+    late_mean: Annotated[float, typer.Option(help="Mean delay of late payloads, seconds.")] = 45.0,
+    duplicates: Annotated[float, typer.Option(help="Fraction of payloads sent twice.")] = 0.0,
+    out_of_order: Annotated[float, typer.Option(help="Fraction delayed up to 2 intervals.")] = 0.0,
+    malformed: Annotated[float, typer.Option(help="Fraction of invalid payloads.")] = 0.0,
+    raw_malformed: Annotated[int, typer.Option(help="Raw invalid records to Kafka per tick.")] = 0,
+) -> None:
+    """Post live telemetry of a simulated fleet through the collector."""
+    from fleetlens.simulator.live import FaultSpec, run_live
+
+    settings = _settings(ctx)
+    faults = FaultSpec(late=late, late_mean_s=late_mean, duplicates=duplicates,
+                       out_of_order=out_of_order, malformed=malformed, raw_malformed=raw_malformed)
+    stats = asyncio.run(_simulate_live(settings, servers, _parse_duration(interval), duration,
+                                       rate, seed, faults, run_live))
+    print(json.dumps(vars(stats), default=str))
+
+
+async def _simulate_live(
+    settings: Settings, servers: int, interval_s: float, duration: float | None,
+    rate: float | None, seed: int, faults: Any, run_live: Any,
+) -> Any:
+    from fleetlens.kafka.clients import make_producer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    producer = make_producer(settings.kafka) if faults.raw_malformed else None
+    topic = settings.kafka.topics.metrics.name
+    try:
+        return await run_live(
+            _fleet(settings, servers, seed),
+            collector_url=settings.simulator.collector_url,
+            tokens={t: s.get_secret_value() for t, s in settings.collector.tokens.items()},
+            interval_s=int(interval_s), duration_s=duration, rate=rate, faults=faults,
+            batch_size=settings.simulator.batch_size, concurrency=settings.simulator.concurrency,
+            raw_sink=(lambda raw: producer.send(topic, value=raw)) if producer else None,
+            stop=stop,
+        )
+    finally:
+        if producer is not None:
+            producer.flush()
+            producer.close()
+
+
+@simulate_app.command("history")
+def simulate_history(
+    ctx: typer.Context,
+    days: Annotated[float, typer.Option(help="Days of history, ending at the current hour.")] = 1,
+    servers: Annotated[int, typer.Option(help="Simulated servers.")] = 300,
+    out: Annotated[Path | None, typer.Option(help="Landing folder (default: the lake's).")] = None,
+    interval: Annotated[str, typer.Option(help="Sampling interval.")] = "10s",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    duplicates: Annotated[float, typer.Option(help="Fraction of payloads written twice.")] = 0.0,
+) -> None:
+    """Write the last DAYS of simulated telemetry straight into a landing zone."""
+    from tqdm import tqdm
+
+    from fleetlens.lake.paths import Lake
+    from fleetlens.simulator.history import write_history
+
+    settings = _settings(ctx)
+    end = int(time.time()) // 3600 * 3600
+    start = end - int(days * 86_400)
+    started = time.perf_counter()
+    with tqdm(total=(end - start) // 3600, unit="h", desc="history", disable=None) as bar:
+        stats = write_history(
+            _fleet(settings, servers, seed), Lake(settings.lake),
+            start_s=start, end_s=end, interval_s=int(_parse_duration(interval)),
+            landing_dir=str(out.resolve()) if out else None,
+            duplicate_fraction=duplicates, progress=bar.update,
+        )
+    elapsed = time.perf_counter() - started
+    print(json.dumps(vars(stats) | {
+        "start": datetime.fromtimestamp(start, UTC).isoformat(),
+        "end": datetime.fromtimestamp(end, UTC).isoformat(),
+        "seconds": round(elapsed, 2),
+        "points_per_s": round(stats.points / elapsed),
+    }))
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    duration: Annotated[float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")] = None,
+    servers: Annotated[int, typer.Option(help="Simulated servers.")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only a JSON summary line.")] = False,
+    clean: Annotated[bool, typer.Option(help="Inject no faults.")] = False,
+) -> None:
+    """Run broker, collector, archiver and a simulated fleet; drain and summarise at the end."""
+    from fleetlens.demo import run_demo
+
+    summary = run_demo(_settings(ctx), duration_s=duration, servers=servers, quiet=as_json,
+                       inject_faults=not clean)
+    print(json.dumps(summary))

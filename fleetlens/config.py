@@ -1,0 +1,243 @@
+"""The one typed settings object, loaded once by the CLI and passed down.
+
+Sources, highest priority first: keyword arguments, ``FLEETLENS_*`` environment variables
+(``__`` separates nesting levels, e.g. ``FLEETLENS_LAKE__ROOT``), ``conf/<profile>.yaml``,
+``conf/base.yaml``. The profile is ``embedded`` unless ``FLEETLENS_PROFILE`` or the CLI's
+``--profile`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = [
+    "CONF_DIR",
+    "DEFAULT_PROFILE",
+    "ArchiveSettings",
+    "BrokerSettings",
+    "CollectorSettings",
+    "ContractSettings",
+    "KafkaSettings",
+    "LakeSettings",
+    "MetricSpec",
+    "Settings",
+    "SimulatorSettings",
+    "TopicSpec",
+    "load_settings",
+]
+
+#: The shipped configuration; ``fleetlens/conf`` links to the repository's top-level ``conf/``.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_PROFILE = "embedded"
+
+_yaml_files: ContextVar[tuple[Path, ...]] = ContextVar("_yaml_files", default=())
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicSpec(_Section):
+    name: str
+    partitions: int = Field(ge=1)
+    replication_factor: int = Field(ge=1)
+
+
+class TopicsSettings(_Section):
+    metrics: TopicSpec
+    dlq: TopicSpec
+    agg1m: TopicSpec
+    alerts: TopicSpec
+
+
+class ProducerSettings(_Section):
+    linger_ms: int = 5
+    batch_size: int = 262_144
+    max_request_size: int = 4_194_304
+    request_timeout_ms: int = 5_000
+    delivery_timeout_ms: int = 10_000
+    max_block_ms: int = 3_000
+
+
+class ConsumerSettings(_Section):
+    max_poll_records: int = 5_000
+    fetch_max_bytes: int = 52_428_800
+    max_partition_fetch_bytes: int = 10_485_760
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 10_000
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str
+    client_id: str = "fleetlens"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    topics: TopicsSettings
+    producer: ProducerSettings = ProducerSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+
+    @property
+    def first_host_port(self) -> tuple[str, int]:
+        """Host and port of the first bootstrap server (where the embedded broker listens)."""
+        host, _, port = self.bootstrap_servers.split(",")[0].strip().rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class BrokerSettings(_Section):
+    mode: Literal["embedded", "external"] = "embedded"
+    startup_timeout_s: float = 30.0
+
+
+class LakeSettings(_Section):
+    root: str
+    storage_options: dict[str, SecretStr] = {}
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_local_root(cls, value: str) -> str:
+        # A relative root would change meaning with the working directory.
+        if "://" in value:
+            return value.rstrip("/")
+        return str(Path(value).expanduser().resolve())
+
+
+class MetricSpec(_Section):
+    min: float | None = None
+    max: float | None = None
+    unit: str = ""
+
+
+class ContractSettings(_Section):
+    max_payload_bytes: int = 16_384
+    max_metrics: int = 64
+    max_tags: int = 16
+    max_tag_value_length: int = 128
+    tag_keys: tuple[str, ...]
+    max_future_skew_s: float = 300
+    max_age_s: float = 7 * 86_400
+    metrics: dict[str, MetricSpec]
+
+
+class CollectorSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8088
+    max_body_bytes: int = 4_194_304
+    max_batch: int = 1_000
+    produce_timeout_s: float = 10.0
+    retry_after_s: int = 5
+    tokens: dict[str, SecretStr] = {}
+
+
+class ArchiveSettings(_Section):
+    group_id: str = "fleetlens-archiver"
+    flush_max_rows: int = Field(default=200_000, ge=1)
+    flush_interval_s: float = Field(default=30.0, gt=0)
+    poll_timeout_ms: int = 500
+
+
+class SimulatorSettings(_Section):
+    collector_url: str = "http://127.0.0.1:8088"
+    tenants: tuple[str, ...]
+    regions: tuple[str, ...]
+    envs: tuple[str, ...]
+    services: tuple[str, ...]
+    clusters_per_service: int = 3
+    batch_size: int = 200
+    concurrency: int = 8
+
+
+class LogSettings(_Section):
+    level: str = "INFO"
+    format: Literal["console", "json"] = "console"
+
+
+class Settings(BaseSettings):
+    """Everything FleetLens can be configured with; see ``conf/base.yaml`` for the defaults."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="FLEETLENS_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    profile: str = DEFAULT_PROFILE
+    runtime_dir: Path
+    log: LogSettings = LogSettings()
+    lake: LakeSettings
+    kafka: KafkaSettings
+    broker: BrokerSettings = BrokerSettings()
+    contract: ContractSettings
+    collector: CollectorSettings = CollectorSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    simulator: SimulatorSettings
+
+    @field_validator("runtime_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Later YAML files override earlier ones, so they come first in priority order.
+        yaml_sources = [
+            YamlConfigSettingsSource(settings_cls, yaml_file=path)
+            for path in reversed(_yaml_files.get())
+        ]
+        return (init_settings, env_settings, *yaml_sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as JSON-ready data, secrets masked."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(
+    profile: str | None = None, *, conf_dir: Path | None = None, **overrides: Any
+) -> Settings:
+    """Load the settings for ``profile`` (default: ``$FLEETLENS_PROFILE`` or ``embedded``).
+
+    Args:
+        profile: Name of ``conf/<profile>.yaml`` to layer over ``conf/base.yaml``.
+        conf_dir: Folder holding the YAML files (default: the shipped ``conf/``).
+        **overrides: Top-level fields that win over every other source (tests use this).
+
+    Raises:
+        FileNotFoundError: the profile has no YAML file.
+    """
+    # The profile selects the files, so it is read before the settings object exists.
+    profile = profile or os.environ.get("FLEETLENS_PROFILE") or DEFAULT_PROFILE
+    conf_dir = conf_dir or CONF_DIR
+    files = [conf_dir / "base.yaml"]
+    profile_file = conf_dir / f"{profile}.yaml"
+    if profile != "base":
+        if not profile_file.is_file():
+            known = sorted(p.stem for p in conf_dir.glob("*.yaml") if p.stem != "base")
+            raise FileNotFoundError(f"no profile {profile!r} in {conf_dir} (known: {known})")
+        files.append(profile_file)
+    token = _yaml_files.set(tuple(files))
+    try:
+        return Settings(profile=profile, **overrides)
+    finally:
+        _yaml_files.reset(token)

@@ -1,0 +1,182 @@
+"""Event contract v1: one agent's sample of one server at one instant.
+
+The wire shape is declared as a msgspec ``Struct`` (types, required fields, sizes); the rules
+that depend on configuration (known metrics and their ranges, the tag allow-list, clock skew)
+are checked after decoding. Every violation names the field at fault.
+
+On Kafka (``fleet.metrics.v1``, keyed by ``server_id``) events are stored in canonical form:
+the same v1 shape with ``ts`` as epoch milliseconds and the ``tenant`` tag always present.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from fleetlens.config import ContractSettings
+
+__all__ = ["SCHEMA_VERSION", "ContractViolation", "Event", "Validator", "encode_event"]
+
+SCHEMA_VERSION = 1
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+_ServerId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+]
+
+
+class _WirePayload(msgspec.Struct, forbid_unknown_fields=True):
+    schema_version: Literal[1]
+    event_id: _Id
+    server_id: _ServerId
+    ts: int | datetime
+    metrics: dict[str, float]
+    tags: dict[str, str] = {}
+
+
+class Event(msgspec.Struct, frozen=True):
+    """A validated event in canonical form (``ts`` in epoch milliseconds, UTC)."""
+
+    event_id: str
+    server_id: str
+    ts: int
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    schema_version: int = SCHEMA_VERSION
+
+
+class ContractViolation(ValueError):  # noqa: N818 - reads as what it is: a violation of the contract
+    """A payload breaks the contract; ``field`` is a dotted path such as ``metrics.cpu_pct``."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_event(event: Event) -> bytes:
+    """Serialise an event in its canonical JSON form for Kafka."""
+    return _encoder.encode(event)
+
+
+def _path_of(error: msgspec.ValidationError) -> str:
+    # msgspec says "... - at `$.metrics.cpu_pct`"; keep the dotted path after "$.".
+    message = str(error)
+    marker = " - at `$"
+    if marker not in message:
+        return ""
+    path = message.rsplit(marker, 1)[1].rstrip("`")
+    return path.lstrip(".").replace("[", ".").replace("]", "")
+
+
+class Validator:
+    """Checks payloads against contract v1 and the configured rules.
+
+    Args:
+        settings: The ``contract`` section of the settings.
+    """
+
+    def __init__(self, settings: ContractSettings) -> None:
+        self._settings = settings
+        self._metric_ranges = {
+            name: (spec.min, spec.max) for name, spec in settings.metrics.items()
+        }
+        self._tag_keys = frozenset(settings.tag_keys)
+        self._decoder = msgspec.json.Decoder(_WirePayload)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The known metric names, in catalogue order."""
+        return tuple(self._metric_ranges)
+
+    def decode(self, data: bytes, *, now_ms: int) -> Event:
+        """Validate raw JSON bytes (as read from Kafka or an HTTP body with one payload)."""
+        if len(data) > self._settings.max_payload_bytes:
+            raise ContractViolation(
+                "", f"payload is {len(data)} bytes, over the limit of "
+                f"{self._settings.max_payload_bytes}"
+            )
+        try:
+            wire = self._decoder.decode(data)
+        except msgspec.ValidationError as error:
+            raise ContractViolation(_path_of(error), str(error).split(" - at ")[0]) from None
+        except msgspec.DecodeError as error:
+            raise ContractViolation("", f"not valid JSON: {error}") from None
+        return self._check(wire, now_ms=now_ms, tenant=None)
+
+    def convert(self, obj: Any, *, now_ms: int, tenant: str | None = None) -> Event:
+        """Validate an already-decoded JSON object (one element of an HTTP batch).
+
+        Args:
+            obj: The decoded JSON value.
+            now_ms: The current time, for the clock-skew checks.
+            tenant: When given, replaces any ``tenant`` tag: the tenant comes from the caller's
+                credentials, never from the body.
+        """
+        if not isinstance(obj, dict):
+            raise ContractViolation("", f"expected a JSON object, got {type(obj).__name__}")
+        try:
+            wire = msgspec.convert(obj, _WirePayload)
+        except msgspec.ValidationError as error:
+            raise ContractViolation(_path_of(error), str(error).split(" - at ")[0]) from None
+        return self._check(wire, now_ms=now_ms, tenant=tenant)
+
+    def _check(self, wire: _WirePayload, *, now_ms: int, tenant: str | None) -> Event:
+        s = self._settings
+        ts_ms = _to_epoch_ms(wire.ts)
+        if ts_ms > now_ms + s.max_future_skew_s * 1000:
+            raise ContractViolation("ts", f"{ts_ms} is more than {s.max_future_skew_s:g} s ahead")
+        if ts_ms < now_ms - s.max_age_s * 1000:
+            raise ContractViolation("ts", f"{ts_ms} is older than {s.max_age_s:g} s")
+
+        if not wire.metrics:
+            raise ContractViolation("metrics", "at least one metric is required")
+        if len(wire.metrics) > s.max_metrics:
+            raise ContractViolation("metrics", f"more than {s.max_metrics} metrics")
+        for name, value in wire.metrics.items():
+            bounds = self._metric_ranges.get(name)
+            if bounds is None:
+                raise ContractViolation(f"metrics.{name}", "unknown metric")
+            if not math.isfinite(value):
+                raise ContractViolation(f"metrics.{name}", f"{value} is not a finite number")
+            low, high = bounds
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise ContractViolation(
+                    f"metrics.{name}", f"{value} outside [{low}, {high if high is not None else ''}]"
+                )
+
+        tags = dict(wire.tags)
+        if tenant is not None:
+            tags["tenant"] = tenant
+        if len(tags) > s.max_tags:
+            raise ContractViolation("tags", f"more than {s.max_tags} tags")
+        for key, value in tags.items():
+            if key not in self._tag_keys:
+                raise ContractViolation(f"tags.{key}", "tag key not in the allow-list")
+            if not value or len(value) > s.max_tag_value_length:
+                raise ContractViolation(
+                    f"tags.{key}", f"value must be 1 to {s.max_tag_value_length} characters"
+                )
+        if "tenant" not in tags:
+            raise ContractViolation("tags.tenant", "required")
+        return Event(
+            event_id=wire.event_id,
+            server_id=wire.server_id,
+            ts=ts_ms,
+            metrics=wire.metrics,
+            tags=tags,
+        )
+
+
+def _to_epoch_ms(ts: int | datetime) -> int:
+    if isinstance(ts, int):
+        return ts
+    if ts.tzinfo is None:
+        raise ContractViolation("ts", "RFC 3339 timestamps need an offset (Z or ±hh:mm)")
+    return int(ts.timestamp() * 1000)

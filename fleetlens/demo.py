@@ -1,0 +1,222 @@
+"""The demo: the whole ingest path on this machine, with a simulated fleet.
+
+Broker (embedded), collector and archiver run as their own ``fleetlens`` processes, exactly as
+they would be deployed; the simulator runs here. At the end the pipeline is drained (the
+archiver has committed everything the topic holds) and a summary is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import tenacity
+from kafka import TopicPartition
+from rich.console import Console
+
+from fleetlens.config import Settings
+from fleetlens.kafka.broker import EmbeddedBroker
+from fleetlens.kafka.clients import (
+    all_partitions,
+    log_end_offsets,
+    make_consumer,
+    make_producer,
+)
+from fleetlens.lake.paths import Lake
+from fleetlens.simulator.fleet import Fleet, FleetSpec
+from fleetlens.simulator.live import FaultSpec, run_live
+
+__all__ = ["DEMO_FAULTS", "ServiceProcess", "count_archived", "run_demo"]
+
+#: Faults the demo injects unless asked for a clean run.
+DEMO_FAULTS = FaultSpec(
+    late=0.02, late_mean_s=20, duplicates=0.01, out_of_order=0.05, malformed=0.005,
+    raw_malformed=2,
+)
+
+
+class ServiceProcess:
+    """A ``fleetlens`` subcommand running as a child process, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], *, log_dir: Path, env: dict[str, str]) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        with self.log_path.open("ab") as log_out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fleetlens", *args],
+                stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
+                env=os.environ | env,
+            )
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL if it does not finish in time; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+        return self.process.returncode
+
+
+def count_archived(lake: Lake, *, since_ms: int) -> int:
+    """Landing rows that came through Kafka at or after ``since_ms`` (their ``ingest_ts``)."""
+    pattern = lake.uri(Lake.LANDING_METRICS, "**", "*.parquet")
+    try:
+        frame = (
+            pl.scan_parquet(pattern, hive_partitioning=False)
+            .filter(
+                pl.col("kafka_offset").is_not_null()
+                & (pl.col("ingest_ts").dt.epoch("ms") >= since_ms)
+            )
+            .select(pl.len())
+            .collect()
+        )
+    except (FileNotFoundError, pl.exceptions.ComputeError):
+        return 0
+    return int(frame.item())
+
+
+def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = make_consumer(settings.kafka, group_id=None)
+    try:
+        partitions = all_partitions(consumer, topic)
+        return {tp.partition: off for tp, off in log_end_offsets(consumer, partitions).items()}
+    finally:
+        consumer.close()
+
+
+def _wait_archived(settings: Settings, archiver: ServiceProcess, timeout_s: float) -> None:
+    """Wait until the archiver's committed offsets reach the log end of every partition."""
+    topic = settings.kafka.topics.metrics.name
+    ends = _end_offsets(settings, topic)
+    consumer = make_consumer(settings.kafka, group_id=settings.archive.group_id)
+    try:
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(timeout_s), wait=tenacity.wait_fixed(0.5),
+            retry=tenacity.retry_if_exception_type(TimeoutError), reraise=True,
+        ):
+            with attempt:
+                if archiver.process.poll() is not None:
+                    raise RuntimeError(f"archiver exited; see {archiver.log_path}")
+                behind = {
+                    p: end - (consumer.committed(TopicPartition(topic, p)) or 0)
+                    for p, end in ends.items()
+                }
+                if any(v > 0 for v in behind.values()):
+                    raise TimeoutError(f"archiver still behind: {behind}")
+    finally:
+        consumer.close()
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    duration_s: float | None,
+    servers: int,
+    quiet: bool = False,
+    inject_faults: bool = True,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """Run the demo and return its summary (``sent, accepted, rejected, dlq, archived``...)."""
+    say = Console(stderr=True, quiet=quiet).print
+    broker = EmbeddedBroker(settings)
+    started_broker = broker.embedded and not broker.reachable()
+    broker.start()
+    run_dir = settings.runtime_dir / "demo"
+    env = {
+        "FLEETLENS_PROFILE": settings.profile,
+        "FLEETLENS_LAKE__ROOT": settings.lake.root,
+        "FLEETLENS_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        # Short flushes so that the drain at the end is quick; files stay reasonably sized.
+        "FLEETLENS_ARCHIVE__FLUSH_INTERVAL_S": str(min(settings.archive.flush_interval_s, 5.0)),
+    }
+    dlq_topic = settings.kafka.topics.dlq.name
+    dlq_before = sum(_end_offsets(settings, dlq_topic).values())
+    since_ms = int(time.time() * 1000)
+    url = f"http://{settings.collector.host}:{settings.collector.port}"
+    collector = ServiceProcess("collector", ["collector"], log_dir=run_dir, env=env)
+    archiver = ServiceProcess("archiver", ["archive"], log_dir=run_dir, env=env)
+    services = [collector, archiver]
+    try:
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.2), reraise=True
+        ):
+            with attempt:
+                if collector.process.poll() is not None:
+                    raise RuntimeError(f"collector exited; see {collector.log_path}")
+                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+        say(f"[bold]FleetLens demo[/bold] ({servers} servers, profile {settings.profile})")
+        say(f"  broker     {settings.kafka.bootstrap_servers} ({settings.broker.mode})")
+        say(f"  collector  {url}/api/v1/metrics   metrics {url}/metrics   log {collector.log_path}")
+        say(f"  archiver   → {settings.lake.root}/landing/metrics   log {archiver.log_path}")
+        say("  " + ("running for %.0f s" % duration_s if duration_s else "Ctrl-C to stop"))
+
+        fleet = Fleet(FleetSpec.from_settings(
+            settings.simulator, servers=servers, seed=seed,
+            anchor_s=int(time.time()) // 86_400 * 86_400,
+        ))
+        faults = DEMO_FAULTS if inject_faults else FaultSpec()
+        producer = make_producer(settings.kafka)
+        metrics_topic = settings.kafka.topics.metrics.name
+        try:
+            stats = asyncio.run(_simulate(
+                fleet, url, settings, faults, duration_s,
+                raw_sink=lambda raw: producer.send(metrics_topic, value=raw),
+            ))
+            producer.flush()
+        finally:
+            producer.close()
+        say("draining: waiting for the archiver to commit everything on the topic…")
+        _wait_archived(settings, archiver, timeout_s=120)
+        for service in services:
+            service.stop()
+        dlq = sum(_end_offsets(settings, dlq_topic).values()) - dlq_before
+        archived = count_archived(Lake(settings.lake), since_ms=since_ms)
+    finally:
+        for service in services:
+            service.stop()
+        if started_broker:
+            broker.stop()
+    return {
+        "servers": servers,
+        "ticks": stats.ticks,
+        "sent": stats.sent,
+        "accepted": stats.accepted,
+        "rejected": stats.rejected,
+        "dlq": dlq,
+        "archived": archived,
+        "duplicates_sent": stats.duplicates,
+        "late_sent": stats.late,
+        "raw_malformed": stats.raw_malformed,
+        "retries": stats.retries,
+        "failed_requests": stats.failed_requests,
+        "lake": settings.lake.root,
+    }
+
+
+async def _simulate(
+    fleet: Fleet, url: str, settings: Settings, faults: FaultSpec, duration_s: float | None,
+    *, raw_sink: Any,
+) -> Any:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return await run_live(
+        fleet, collector_url=url,
+        tokens={t: s.get_secret_value() for t, s in settings.collector.tokens.items()},
+        interval_s=10, duration_s=duration_s, faults=faults,
+        batch_size=settings.simulator.batch_size, concurrency=settings.simulator.concurrency,
+        raw_sink=raw_sink, stop=stop,
+    )

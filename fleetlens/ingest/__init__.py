@@ -1,0 +1,1 @@
+"""Ingest: the HTTP collector and the raw archiver."""

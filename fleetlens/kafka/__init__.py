@@ -1,0 +1,1 @@
+"""Kafka access: client factories, topic management, the embedded broker and the DLQ."""

@@ -1,0 +1,71 @@
+"""The landing zone: raw payloads as Parquet, partitioned by event hour.
+
+Layout: ``<lake>/landing/metrics/date=YYYY-MM-DD/hour=HH/part-<id>.parquet``, one row per
+payload. Both the archiver (from Kafka) and ``simulate history`` write it; the batch layer's
+compaction reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fleetlens.lake.paths import Lake, fsync_dir
+
+__all__ = [
+    "LANDING_SCHEMA",
+    "hour_partition",
+    "split_by_hour",
+    "write_landing_file",
+]
+
+LANDING_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("server_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("metrics", pa.map_(pa.string(), pa.float64()), nullable=False),
+        pa.field("tags", pa.map_(pa.string(), pa.string()), nullable=False),
+        # Null for rows that did not come through Kafka (simulated history).
+        pa.field("kafka_partition", pa.int32()),
+        pa.field("kafka_offset", pa.int64()),
+        pa.field("ingest_ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def hour_partition(ts_ms: int) -> str:
+    """The landing partition (``date=YYYY-MM-DD/hour=HH``) of an event time in epoch ms."""
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
+
+
+def split_by_hour(table: pa.Table) -> dict[str, pa.Table]:
+    """Group a landing table's rows by event hour partition."""
+    hours = pc.floor_temporal(table["ts"], unit="hour")
+    out: dict[str, pa.Table] = {}
+    for hour in pc.unique(hours).to_pylist():
+        part = table.filter(pc.equal(hours, pa.scalar(hour, hours.type)))
+        out[f"date={hour:%Y-%m-%d}/hour={hour:%H}"] = part
+    return out
+
+
+def write_landing_file(lake: Lake, path: str, table: pa.Table) -> None:
+    """Write one Parquet file durably (fsync on local disks) at ``path``."""
+    table = table.cast(LANDING_SCHEMA)
+    if not lake.is_local:
+        with lake.fs.open_output_stream(path) as out:
+            pq.write_table(table, out, compression="zstd")
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+        pq.write_table(table, out, compression="zstd")
+        out.flush()
+        os.fsync(out.fileno())
+    fsync_dir(target.parent)

@@ -1,0 +1,1 @@
+"""Simulated fleets: live telemetry through the collector, and history into the landing zone."""

