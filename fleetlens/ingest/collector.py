@@ -82,12 +82,24 @@ class _Publisher:
             KafkaError: the broker did not acknowledge every record in time.
         """
         producer = self._get()
-        futures = [
-            producer.send(self._topic, key=e.server_id.encode(), value=encode_event(e))
-            for e in events
-        ]
-        for future in futures:
-            future.get(timeout=self._timeout)
+        try:
+            futures = [
+                producer.send(self._topic, key=e.server_id.encode(), value=encode_event(e))
+                for e in events
+            ]
+            for future in futures:
+                future.get(timeout=self._timeout)
+        except KafkaError:
+            # An idempotent producer that lost its broker can be left in a fatal state (a
+            # restarted broker does not know its producer id): start afresh on the next batch.
+            self._discard(producer)
+            raise
+
+    def _discard(self, producer: KafkaProducer) -> None:
+        with self._lock:
+            if self._producer is producer:
+                self._producer = None
+        producer.close(timeout=0)
 
     def close(self) -> None:
         with self._lock:
