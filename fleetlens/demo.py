@@ -55,6 +55,8 @@ class ServiceProcess:
                 [sys.executable, "-m", "fleetlens", *args],
                 stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
                 env=os.environ | env,
+                # Ctrl-C reaches only the demo, which drains the pipeline before stopping these.
+                start_new_session=True,
             )
 
     def stop(self, timeout_s: float = 30.0) -> int:

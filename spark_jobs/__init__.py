@@ -1,0 +1,1 @@
+"""Batch layer: Spark jobs over the lake (see docs/architecture.md)."""
