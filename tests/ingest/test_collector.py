@@ -9,16 +9,20 @@ from typing import Any
 import msgspec
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from kafka import TopicPartition
 
-from fleetlens.config import Settings
-from fleetlens.contract import Validator
+from fleetlens.config import Settings, load_settings
+from fleetlens.contract import ContractViolation, Validator
 from fleetlens.ingest.collector import create_app
 from fleetlens.kafka.clients import all_partitions, log_end_offsets, make_consumer
 
 pytestmark = pytest.mark.broker
 
 AUTH = {"authorization": "Bearer dev-token-acme"}
+fleet_settings = load_settings("embedded")
 
 
 def payload(i: int = 0, **changes: Any) -> dict[str, Any]:
@@ -87,15 +91,22 @@ def test_single_payload_and_rfc3339_timestamp(client: TestClient, settings: Sett
 def test_invalid_items_are_named_and_valid_ones_still_accepted(
     client: TestClient, settings: Settings
 ) -> None:
-    items = [payload(0), payload(1, metrics={"cpu_pct": 101}), payload(2),
-             {"schema_version": 1}, payload(4, tags={"owner": "x"})]
+    items = [
+        payload(0),
+        payload(1, metrics={"cpu_pct": 101}),
+        payload(2),
+        {"schema_version": 1},
+        payload(4, tags={"owner": "x"}),
+    ]
     response = client.post("/api/v1/metrics", json=items, headers=AUTH)
 
     assert response.status_code == 400
     body = response.json()
     assert body["accepted"] == 2
     assert [(e["index"], e["field"]) for e in body["errors"]] == [
-        (1, "metrics.cpu_pct"), (3, "event_id"), (4, "tags.owner"),
+        (1, "metrics.cpu_pct"),
+        (3, "event_id"),
+        (4, "tags.owner"),
     ]
     assert len(read_topic(settings)) == 2
 
@@ -106,8 +117,9 @@ def test_not_json_is_400(client: TestClient) -> None:
     assert "not valid JSON" in response.json()["errors"][0]["reason"]
 
 
-@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"},
-                                     {"authorization": "Basic dev-token-acme"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"authorization": "Bearer wrong"}, {"authorization": "Basic dev-token-acme"}]
+)
 def test_missing_or_bad_token_is_401(client: TestClient, headers: dict[str, str]) -> None:
     response = client.post("/api/v1/metrics", json=payload(), headers=headers)
     assert response.status_code == 401
@@ -137,5 +149,57 @@ def test_topic_partitions_match_config(settings: Settings) -> None:
         parts = all_partitions(consumer, settings.kafka.topics.metrics.name)
     finally:
         consumer.close()
-    assert parts == [TopicPartition(settings.kafka.topics.metrics.name, p)
-                     for p in range(settings.kafka.topics.metrics.partitions)]
+    assert parts == [
+        TopicPartition(settings.kafka.topics.metrics.name, p)
+        for p in range(settings.kafka.topics.metrics.partitions)
+    ]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def mutated_payloads() -> st.SearchStrategy[dict[str, Any]]:
+    """A valid payload with one field replaced, removed or added."""
+    keys = st.sampled_from(
+        ["schema_version", "event_id", "server_id", "ts", "metrics", "tags", "extra"]
+    )
+    return st.builds(
+        lambda i, key, value, drop: (
+            {k: v for k, v in payload(i).items() if k != key} if drop else payload(i) | {key: value}
+        ),
+        st.integers(0, 10**6),
+        keys,
+        json_values,
+        st.booleans(),
+    )
+
+
+@hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(items=st.lists(mutated_payloads() | json_values, min_size=1, max_size=5))
+def test_fuzzed_batches_get_named_errors_and_never_a_5xx(
+    client: TestClient, items: list[Any]
+) -> None:
+    response = client.post("/api/v1/metrics", json=items, headers=AUTH)
+
+    assert response.status_code in (202, 400), response.text
+    body = response.json()
+    validator = Validator(fleet_settings.contract)
+    now_ms = int(time.time() * 1000)
+    expected_errors = {}
+    for index, item in enumerate(items):
+        try:
+            validator.convert(item, now_ms=now_ms, tenant="acme")
+        except ContractViolation as violation:
+            expected_errors[index] = violation.field
+    got = {e["index"]: e["field"] for e in body.get("errors", [])}
+    assert got == expected_errors
+    assert body["accepted"] == len(items) - len(expected_errors)
+    assert response.status_code == (400 if expected_errors else 202)
