@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -206,11 +207,36 @@ class Settings(BaseSettings):
             YamlConfigSettingsSource(settings_cls, yaml_file=path)
             for path in reversed(_yaml_files.get())
         ]
-        return (init_settings, env_settings, *yaml_sources)
+        sources = (init_settings, env_settings, *yaml_sources)
+        return tuple(_UpperCaseStorageOptions(source) for source in sources)
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as JSON-ready data, secrets masked."""
         return self.model_dump(mode="json")
+
+
+class _UpperCaseStorageOptions(PydanticBaseSettingsSource):
+    """A source whose ``lake.storage_options`` keys are upper case (``AWS_REGION``).
+
+    Environment variables arrive lower-cased (``FLEETLENS_LAKE__STORAGE_OPTIONS__AWS_REGION``
+    gives ``aws_region``) while YAML spells the keys ``AWS_REGION``: with one spelling per
+    source, a higher-priority source overrides a key instead of adding a second one.
+    """
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._source()
+        lake = data.get("lake")
+        if isinstance(lake, dict) and isinstance(lake.get("storage_options"), dict):
+            options = {str(key).upper(): value for key, value in lake["storage_options"].items()}
+            data = {**data, "lake": {**lake, "storage_options": options}}
+        return data
 
 
 def load_settings(

@@ -11,7 +11,8 @@ the same v1 shape with ``ts`` as epoch milliseconds and the ``tenant`` tag alway
 from __future__ import annotations
 
 import math
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -22,9 +23,9 @@ __all__ = ["SCHEMA_VERSION", "ContractViolation", "Event", "Validator", "encode_
 
 SCHEMA_VERSION = 1
 
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_.:\-]+\Z")]
 _ServerId = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"\A[A-Za-z0-9_.:\-]+\Z")
 ]
 
 
@@ -65,14 +66,59 @@ def encode_event(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
-def _path_of(error: msgspec.ValidationError) -> str:
-    # msgspec says "... - at `$.metrics.cpu_pct`"; keep the dotted path after "$.".
-    message = str(error)
-    marker = " - at `$"
-    if marker not in message:
-        return ""
-    path = message.rsplit(marker, 1)[1].rstrip("`")
-    return path.lstrip(".").replace("[", ".").replace("]", "")
+#: Value types of the free-form maps, to find which key a ``[...]`` error is about.
+_MAP_VALUE_TYPES: dict[str, type] = {"metrics": float, "tags": str}
+_FIELD_ERROR = re.compile(r"Object (?:missing required|contains unknown) field `(.*)`", re.DOTALL)
+_AT_PATH = re.compile(r"(.*) - at `(?:key` in `)?\$([^`]*)`", re.DOTALL)
+
+
+def _violation(error: msgspec.ValidationError, source: Any) -> ContractViolation:
+    """The violation for a msgspec error, named by dotted path (``metrics.cpu_pct``).
+
+    For a bad map value msgspec says "... - at `$.metrics[...]`" without the key, which is
+    then looked up in ``source`` (the raw bytes or the object being converted); a bad key
+    ("... - at `key` in `$.tags`") is named by its map.
+    """
+    reason, path = str(error), ""
+    located = _AT_PATH.fullmatch(reason)
+    if located:  # "key` in `$.tags" (a bad key) names the map
+        reason, path = located[1], located[2].lstrip(".")
+    if path.endswith("[...]"):
+        parent = path.removesuffix("[...]")
+        key = _failing_key(source, parent)
+        path = parent if key is None else f"{parent}.{key}"
+    named = _FIELD_ERROR.fullmatch(reason)
+    if named:
+        path = f"{path}.{named[1]}" if path else named[1]
+    return ContractViolation(path, reason)
+
+
+def _failing_key(source: Any, parent: str) -> str | None:
+    """The first key of the map at ``parent`` whose value has the wrong type (best effort)."""
+    value_type = _MAP_VALUE_TYPES.get(parent)
+    if value_type is None:
+        return None
+    try:
+        if isinstance(source, dict):
+            items = source.get(parent)
+            if not isinstance(items, dict):
+                return None
+            for key, value in items.items():
+                try:
+                    msgspec.convert(value, value_type)
+                except msgspec.ValidationError:
+                    return str(key)
+        else:
+            top = msgspec.json.decode(source, type=dict[str, msgspec.Raw])
+            raw_items = msgspec.json.decode(top[parent], type=dict[str, msgspec.Raw])
+            for key, raw in raw_items.items():
+                try:
+                    msgspec.json.decode(raw, type=value_type)
+                except msgspec.ValidationError:
+                    return key
+    except Exception:  # only a diagnostic: fall back to the path of the map
+        return None
+    return None
 
 
 class Validator:
@@ -99,13 +145,14 @@ class Validator:
         """Validate raw JSON bytes (as read from Kafka or an HTTP body with one payload)."""
         if len(data) > self._settings.max_payload_bytes:
             raise ContractViolation(
-                "", f"payload is {len(data)} bytes, over the limit of "
-                f"{self._settings.max_payload_bytes}"
+                "",
+                f"payload is {len(data)} bytes, over the limit of "
+                f"{self._settings.max_payload_bytes}",
             )
         try:
             wire = self._decoder.decode(data)
         except msgspec.ValidationError as error:
-            raise ContractViolation(_path_of(error), str(error).split(" - at ")[0]) from None
+            raise _violation(error, data) from None
         except msgspec.DecodeError as error:
             raise ContractViolation("", f"not valid JSON: {error}") from None
         return self._check(wire, now_ms=now_ms, tenant=None)
@@ -124,8 +171,15 @@ class Validator:
         try:
             wire = msgspec.convert(obj, _WirePayload)
         except msgspec.ValidationError as error:
-            raise ContractViolation(_path_of(error), str(error).split(" - at ")[0]) from None
-        return self._check(wire, now_ms=now_ms, tenant=tenant)
+            raise _violation(error, obj) from None
+        event = self._check(wire, now_ms=now_ms, tenant=tenant)
+        # The canonical form goes to Kafka, where ``decode`` enforces the same bound.
+        size = len(encode_event(event))
+        if size > self._settings.max_payload_bytes:
+            raise ContractViolation(
+                "", f"payload is {size} bytes, over the limit of {self._settings.max_payload_bytes}"
+            )
+        return event
 
     def _check(self, wire: _WirePayload, *, now_ms: int, tenant: str | None) -> Event:
         s = self._settings
@@ -147,19 +201,18 @@ class Validator:
                 raise ContractViolation(f"metrics.{name}", f"{value} is not a finite number")
             low, high = bounds
             if (low is not None and value < low) or (high is not None and value > high):
-                raise ContractViolation(
-                    f"metrics.{name}", f"{value} outside [{low}, {high if high is not None else ''}]"
-                )
+                upper = "" if high is None else high
+                raise ContractViolation(f"metrics.{name}", f"{value} outside [{low}, {upper}]")
 
         tags = dict(wire.tags)
         if tenant is not None:
             tags["tenant"] = tenant
         if len(tags) > s.max_tags:
             raise ContractViolation("tags", f"more than {s.max_tags} tags")
-        for key, value in tags.items():
+        for key, text in tags.items():
             if key not in self._tag_keys:
                 raise ContractViolation(f"tags.{key}", "tag key not in the allow-list")
-            if not value or len(value) > s.max_tag_value_length:
+            if not text or len(text) > s.max_tag_value_length:
                 raise ContractViolation(
                     f"tags.{key}", f"value must be 1 to {s.max_tag_value_length} characters"
                 )
@@ -179,4 +232,8 @@ def _to_epoch_ms(ts: int | datetime) -> int:
         return ts
     if ts.tzinfo is None:
         raise ContractViolation("ts", "RFC 3339 timestamps need an offset (Z or ±hh:mm)")
-    return int(ts.timestamp() * 1000)
+    # Exact integer arithmetic: float seconds can be a millisecond off far from 1970.
+    return (ts - _EPOCH) // timedelta(milliseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -38,7 +38,11 @@ __all__ = ["DEMO_FAULTS", "ServiceProcess", "count_archived", "run_demo"]
 
 #: Faults the demo injects unless asked for a clean run.
 DEMO_FAULTS = FaultSpec(
-    late=0.02, late_mean_s=20, duplicates=0.01, out_of_order=0.05, malformed=0.005,
+    late=0.02,
+    late_mean_s=20,
+    duplicates=0.01,
+    out_of_order=0.05,
+    malformed=0.005,
     raw_malformed=2,
 )
 
@@ -53,7 +57,9 @@ class ServiceProcess:
         with self.log_path.open("ab") as log_out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fleetlens", *args],
-                stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=log_out,
+                stderr=subprocess.STDOUT,
                 env=os.environ | env,
                 # Ctrl-C reaches only the demo, which drains the pipeline before stopping these.
                 start_new_session=True,
@@ -105,8 +111,10 @@ def _wait_archived(settings: Settings, archiver: ServiceProcess, timeout_s: floa
     consumer = make_consumer(settings.kafka, group_id=settings.archive.group_id)
     try:
         for attempt in tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout_s), wait=tenacity.wait_fixed(0.5),
-            retry=tenacity.retry_if_exception_type(TimeoutError), reraise=True,
+            stop=tenacity.stop_after_delay(timeout_s),
+            wait=tenacity.wait_fixed(0.5),
+            retry=tenacity.retry_if_exception_type(TimeoutError),
+            reraise=True,
         ):
             with attempt:
                 if archiver.process.poll() is not None:
@@ -162,20 +170,30 @@ def run_demo(
         say(f"  broker     {settings.kafka.bootstrap_servers} ({settings.broker.mode})")
         say(f"  collector  {url}/api/v1/metrics   metrics {url}/metrics   log {collector.log_path}")
         say(f"  archiver   → {settings.lake.root}/landing/metrics   log {archiver.log_path}")
-        say("  " + ("running for %.0f s" % duration_s if duration_s else "Ctrl-C to stop"))
+        say(f"  running for {duration_s:.0f} s" if duration_s else "  Ctrl-C to stop")
 
-        fleet = Fleet(FleetSpec.from_settings(
-            settings.simulator, servers=servers, seed=seed,
-            anchor_s=int(time.time()) // 86_400 * 86_400,
-        ))
+        fleet = Fleet(
+            FleetSpec.from_settings(
+                settings.simulator,
+                servers=servers,
+                seed=seed,
+                anchor_s=int(time.time()) // 86_400 * 86_400,
+            )
+        )
         faults = DEMO_FAULTS if inject_faults else FaultSpec()
         producer = make_producer(settings.kafka)
         metrics_topic = settings.kafka.topics.metrics.name
         try:
-            stats = asyncio.run(_simulate(
-                fleet, url, settings, faults, duration_s,
-                raw_sink=lambda raw: producer.send(metrics_topic, value=raw),
-            ))
+            stats = asyncio.run(
+                _simulate(
+                    fleet,
+                    url,
+                    settings,
+                    faults,
+                    duration_s,
+                    raw_sink=lambda raw: producer.send(metrics_topic, value=raw),
+                )
+            )
             producer.flush()
         finally:
             producer.close()
@@ -208,17 +226,27 @@ def run_demo(
 
 
 async def _simulate(
-    fleet: Fleet, url: str, settings: Settings, faults: FaultSpec, duration_s: float | None,
-    *, raw_sink: Any,
+    fleet: Fleet,
+    url: str,
+    settings: Settings,
+    faults: FaultSpec,
+    duration_s: float | None,
+    *,
+    raw_sink: Any,
 ) -> Any:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     return await run_live(
-        fleet, collector_url=url,
+        fleet,
+        collector_url=url,
         tokens={t: s.get_secret_value() for t, s in settings.collector.tokens.items()},
-        interval_s=10, duration_s=duration_s, faults=faults,
-        batch_size=settings.simulator.batch_size, concurrency=settings.simulator.concurrency,
-        raw_sink=raw_sink, stop=stop,
+        interval_s=10,
+        duration_s=duration_s,
+        faults=faults,
+        batch_size=settings.simulator.batch_size,
+        concurrency=settings.simulator.concurrency,
+        raw_sink=raw_sink,
+        stop=stop,
     )

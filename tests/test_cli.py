@@ -17,8 +17,14 @@ FLEETLENS = str(Path(sys.executable).with_name("fleetlens"))
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> Any:
-    return subprocess.run([FLEETLENS, *args], env=os.environ | env, cwd=cwd, timeout=timeout,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [FLEETLENS, *args],
+        env=os.environ | env,
+        cwd=cwd,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -42,8 +48,12 @@ def test_broker_start_status_stop(own_env: dict[str, str], tmp_path: Path) -> No
     assert started.returncode == 0, started.stderr
     status = json.loads(started.stdout)
     assert status["reachable"] is True and status["pid"] > 0
-    assert status["topics"] == {"fleet.metrics.v1": 6, "fleet.dlq.v1": 1,
-                                "fleet.agg1m.v1": 6, "fleet.alerts.v1": 1}
+    assert status["topics"] == {
+        "fleet.metrics.v1": 6,
+        "fleet.dlq.v1": 1,
+        "fleet.agg1m.v1": 6,
+        "fleet.alerts.v1": 1,
+    }
     again = run(["broker", "start"], own_env, tmp_path)  # idempotent: same broker
     assert json.loads(again.stdout)["pid"] == status["pid"]
 
@@ -71,8 +81,9 @@ def test_unknown_profile_is_a_clear_error(tmp_path: Path) -> None:
 def test_demo_bounded_run_archives_everything_accepted(
     own_env: dict[str, str], tmp_path: Path
 ) -> None:
-    result = run(["demo", "--duration", "40", "--servers", "200", "--json"], own_env, tmp_path,
-                 timeout=300)
+    result = run(
+        ["demo", "--duration", "40", "--servers", "200", "--json"], own_env, tmp_path, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["archived"] == summary["accepted"] > 0

@@ -19,7 +19,9 @@ from fleetlens.config import Settings, load_settings
 from fleetlens.logging import configure_logging
 
 app = typer.Typer(
-    name="fleetlens", no_args_is_help=True, pretty_exceptions_enable=False,
+    name="fleetlens",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="FleetLens: telemetry analytics over Kafka, Spark and Delta Lake.",
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
@@ -48,8 +50,10 @@ def main(
     ctx: typer.Context,
     profile: Annotated[
         str | None,
-        typer.Option(help="Configuration profile (conf/<profile>.yaml); default embedded.",
-                     envvar="FLEETLENS_PROFILE"),
+        typer.Option(
+            help="Configuration profile (conf/<profile>.yaml); default embedded.",
+            envvar="FLEETLENS_PROFILE",
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
@@ -190,8 +194,9 @@ def _fleet(settings: Settings, servers: int, seed: int) -> Any:
     from fleetlens.simulator.fleet import Fleet, FleetSpec
 
     anchor = int(time.time()) // 86_400 * 86_400
-    return Fleet(FleetSpec.from_settings(settings.simulator, servers=servers, seed=seed,
-                                         anchor_s=anchor))
+    return Fleet(
+        FleetSpec.from_settings(settings.simulator, servers=servers, seed=seed, anchor_s=anchor)
+    )
 
 
 @simulate_app.command("live")
@@ -199,7 +204,9 @@ def simulate_live(
     ctx: typer.Context,
     servers: Annotated[int, typer.Option(help="Simulated servers.")] = 200,
     interval: Annotated[str, typer.Option(help="Sampling interval, e.g. 10s.")] = "10s",
-    duration: Annotated[float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")
+    ] = None,
     rate: Annotated[float | None, typer.Option(help="Most payloads/s to send.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same telemetry.")] = 42,
     late: Annotated[float, typer.Option(help="Fraction of payloads sent late.")] = 0.0,
@@ -213,16 +220,31 @@ def simulate_live(
     from fleetlens.simulator.live import FaultSpec, run_live
 
     settings = _settings(ctx)
-    faults = FaultSpec(late=late, late_mean_s=late_mean, duplicates=duplicates,
-                       out_of_order=out_of_order, malformed=malformed, raw_malformed=raw_malformed)
-    stats = asyncio.run(_simulate_live(settings, servers, _parse_duration(interval), duration,
-                                       rate, seed, faults, run_live))
+    faults = FaultSpec(
+        late=late,
+        late_mean_s=late_mean,
+        duplicates=duplicates,
+        out_of_order=out_of_order,
+        malformed=malformed,
+        raw_malformed=raw_malformed,
+    )
+    stats = asyncio.run(
+        _simulate_live(
+            settings, servers, _parse_duration(interval), duration, rate, seed, faults, run_live
+        )
+    )
     print(json.dumps(vars(stats), default=str))
 
 
 async def _simulate_live(
-    settings: Settings, servers: int, interval_s: float, duration: float | None,
-    rate: float | None, seed: int, faults: Any, run_live: Any,
+    settings: Settings,
+    servers: int,
+    interval_s: float,
+    duration: float | None,
+    rate: float | None,
+    seed: int,
+    faults: Any,
+    run_live: Any,
 ) -> Any:
     from fleetlens.kafka.clients import make_producer
 
@@ -237,8 +259,12 @@ async def _simulate_live(
             _fleet(settings, servers, seed),
             collector_url=settings.simulator.collector_url,
             tokens={t: s.get_secret_value() for t, s in settings.collector.tokens.items()},
-            interval_s=int(interval_s), duration_s=duration, rate=rate, faults=faults,
-            batch_size=settings.simulator.batch_size, concurrency=settings.simulator.concurrency,
+            interval_s=int(interval_s),
+            duration_s=duration,
+            rate=rate,
+            faults=faults,
+            batch_size=settings.simulator.batch_size,
+            concurrency=settings.simulator.concurrency,
             raw_sink=(lambda raw: producer.send(topic, value=raw)) if producer else None,
             stop=stop,
         )
@@ -270,18 +296,27 @@ def simulate_history(
     started = time.perf_counter()
     with tqdm(total=(end - start) // 3600, unit="h", desc="history", disable=None) as bar:
         stats = write_history(
-            _fleet(settings, servers, seed), Lake(settings.lake),
-            start_s=start, end_s=end, interval_s=int(_parse_duration(interval)),
+            _fleet(settings, servers, seed),
+            Lake(settings.lake),
+            start_s=start,
+            end_s=end,
+            interval_s=int(_parse_duration(interval)),
             landing_dir=str(out.resolve()) if out else None,
-            duplicate_fraction=duplicates, progress=bar.update,
+            duplicate_fraction=duplicates,
+            progress=bar.update,
         )
     elapsed = time.perf_counter() - started
-    print(json.dumps(vars(stats) | {
-        "start": datetime.fromtimestamp(start, UTC).isoformat(),
-        "end": datetime.fromtimestamp(end, UTC).isoformat(),
-        "seconds": round(elapsed, 2),
-        "points_per_s": round(stats.points / elapsed),
-    }))
+    print(
+        json.dumps(
+            vars(stats)
+            | {
+                "start": datetime.fromtimestamp(start, UTC).isoformat(),
+                "end": datetime.fromtimestamp(end, UTC).isoformat(),
+                "seconds": round(elapsed, 2),
+                "points_per_s": round(stats.points / elapsed),
+            }
+        )
+    )
 
 
 # -- demo -----------------------------------------------------------------------------------
@@ -290,14 +325,19 @@ def simulate_history(
 @app.command()
 def demo(
     ctx: typer.Context,
-    duration: Annotated[float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")
+    ] = None,
     servers: Annotated[int, typer.Option(help="Simulated servers.")] = 300,
-    as_json: Annotated[bool, typer.Option("--json", help="Print only a JSON summary line.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print only a JSON summary line.")
+    ] = False,
     clean: Annotated[bool, typer.Option(help="Inject no faults.")] = False,
 ) -> None:
     """Run broker, collector, archiver and a simulated fleet; drain and summarise at the end."""
     from fleetlens.demo import run_demo
 
-    summary = run_demo(_settings(ctx), duration_s=duration, servers=servers, quiet=as_json,
-                       inject_faults=not clean)
+    summary = run_demo(
+        _settings(ctx), duration_s=duration, servers=servers, quiet=as_json, inject_faults=not clean
+    )
     print(json.dumps(summary))

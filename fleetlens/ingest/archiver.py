@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 import pyarrow as pa
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -96,9 +96,7 @@ class _Buffer:
 
 class _Metrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.records = Counter(
-            "fleetlens_archiver_records", "Records consumed", registry=registry
-        )
+        self.records = Counter("fleetlens_archiver_records", "Records consumed", registry=registry)
         self.rows = Counter(
             "fleetlens_archiver_rows", "Rows written to the landing zone", registry=registry
         )
@@ -109,7 +107,9 @@ class _Metrics:
             "fleetlens_archiver_flush_seconds", "Duration of a flush", registry=registry
         )
         self.lag = Gauge(
-            "fleetlens_archiver_lag", "Records behind the log end", ["partition"],
+            "fleetlens_archiver_lag",
+            "Records behind the log end",
+            ["partition"],
             registry=registry,
         )
 
@@ -168,7 +168,9 @@ class Archiver:
         stop = stop or threading.Event()
         consumer = make_consumer(self._settings.kafka, group_id=self._cfg.group_id)
         producer = make_producer(self._settings.kafka)
-        dlq = DeadLetterWriter(producer, topic=self._settings.kafka.topics.dlq.name, stage="archive")
+        dlq = DeadLetterWriter(
+            producer, topic=self._settings.kafka.topics.dlq.name, stage="archive"
+        )
         try:
             cluster_id = self._cluster_id()
             checkpoint = self.load_checkpoint()
@@ -208,7 +210,8 @@ class Archiver:
                 # restarts) would point into a different log: start that log from its beginning.
                 log.warning(
                     "archiver.cluster_changed",
-                    checkpoint_cluster=checkpoint.cluster_id, cluster=cluster_id,
+                    checkpoint_cluster=checkpoint.cluster_id,
+                    cluster=cluster_id,
                 )
         beginnings = consumer.beginning_offsets(partitions)
         offsets: dict[int, int] = {}
@@ -271,8 +274,12 @@ class Archiver:
             event = self._validator.decode(value, now_ms=now_ms)
         except ContractViolation as violation:
             dlq.send(
-                value=value, key=getattr(record, "key", None), reason=str(violation),
-                source_topic=tp.topic, partition=tp.partition, offset=offset,
+                value=value,
+                key=getattr(record, "key", None),
+                reason=str(violation),
+                source_topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
             )
             self.stats.dlq += 1
             self._metrics.dlq.inc()
@@ -306,16 +313,21 @@ class Archiver:
                 staged.append((staging, final))
         dlq.flush(self._timeout_s)
         checkpoint = ArchiveCheckpoint(
-            topic=self._topic, cluster_id=cluster_id, flush_id=flush_id,
-            offsets=dict(offsets), staged=staged,
+            topic=self._topic,
+            cluster_id=cluster_id,
+            flush_id=flush_id,
+            offsets=dict(offsets),
+            staged=staged,
         )
         self._lake.write_bytes_atomically(self._checkpoint_path, msgspec.json.encode(checkpoint))
         self._recover(checkpoint)  # step 3: move the staged files into place
         try:
-            consumer.commit({
-                TopicPartition(self._topic, p): OffsetAndMetadata(o, flush_id, -1)
-                for p, o in offsets.items()
-            })
+            consumer.commit(
+                {
+                    TopicPartition(self._topic, p): OffsetAndMetadata(o, flush_id, -1)
+                    for p, o in offsets.items()
+                }
+            )
             ends = consumer.end_offsets([TopicPartition(self._topic, p) for p in offsets])
             for tp, end in ends.items():
                 self._metrics.lag.labels(partition=str(tp.partition)).set(
@@ -332,7 +344,10 @@ class Archiver:
         elapsed = time.perf_counter() - started
         self._metrics.flush_seconds.observe(elapsed)
         log.info(
-            "archiver.flushed", flush_id=flush_id, rows=rows, records=buffer.records,
-            files=len(staged), seconds=round(elapsed, 3),
+            "archiver.flushed",
+            flush_id=flush_id,
+            rows=rows,
+            records=buffer.records,
+            files=len(staged),
+            seconds=round(elapsed, 3),
         )
-

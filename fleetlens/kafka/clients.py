@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -12,10 +13,10 @@ from fleetlens.config import KafkaSettings, TopicSpec
 
 __all__ = [
     "all_partitions",
-    "describe_topics",
-    "log_end_offsets",
     "connection_config",
+    "describe_topics",
     "ensure_topics",
+    "log_end_offsets",
     "make_admin",
     "make_consumer",
     "make_producer",
@@ -104,10 +105,9 @@ def ensure_topics(kafka: KafkaSettings) -> dict[str, int]:
             if s.name not in existing
         ]
         if missing:
-            try:
+            # Another process may create them between list and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created them between list and create
         described = admin.describe_topics([s.name for s in specs])
         return {d["name"]: len(d["partitions"]) for d in described}
     finally:

@@ -8,6 +8,7 @@ CPU incidents (with latency spikes) and servers that go silent for a while.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -64,9 +65,14 @@ class FleetSpec:
     ) -> FleetSpec:
         """A spec with the tag values of the ``simulator`` settings."""
         return cls(
-            servers=servers, seed=seed, tenants=settings.tenants, regions=settings.regions,
-            envs=settings.envs, services=settings.services,
-            clusters_per_service=settings.clusters_per_service, anchor_s=anchor_s,
+            servers=servers,
+            seed=seed,
+            tenants=settings.tenants,
+            regions=settings.regions,
+            envs=settings.envs,
+            services=settings.services,
+            clusters_per_service=settings.clusters_per_service,
+            anchor_s=anchor_s,
         )
 
 
@@ -90,7 +96,9 @@ class Fleet:
         self.mem_base = rng.uniform(35, 70, n)
         self.disk_start = rng.uniform(20, 60, n)
         # Disk growth in percentage points per day: per service, with per-server spread.
-        service_growth = np.random.default_rng([spec.seed, 1]).uniform(0.05, 0.6, len(spec.services))
+        service_growth = np.random.default_rng([spec.seed, 1]).uniform(
+            0.05, 0.6, len(spec.services)
+        )
         self.disk_growth_per_day = service_growth[self.service_idx] * rng.uniform(0.8, 1.2, n)
         self.net_base = rng.lognormal(np.log(2e6), 0.8, n)
         self.conns_base = rng.uniform(50, 600, n)
@@ -129,8 +137,9 @@ class Fleet:
         weekday = ((local // _DAY + 3) % 7) < 5  # 1970-01-01 was a Thursday
         weekly = np.where(weekday, 1.0, 0.6)
         noise = self._noise(slot_s)
-        incident = self._windows(slot_s, salt=2, per_day=self.spec.incidents_per_day,
-                                 min_s=300, max_s=1800)
+        incident = self._windows(
+            slot_s, salt=2, per_day=self.spec.incidents_per_day, min_s=300, max_s=1800
+        )
 
         load = (1 + 0.5 * diurnal) * weekly
         cpu = self.cpu_base * weekly + self.cpu_amp * diurnal * weekly + 3 * noise[..., 0]
@@ -152,13 +161,15 @@ class Fleet:
 
     def reporting(self, slot_s: Ints) -> npt.NDArray[np.bool_]:
         """Whether each server reports in each slot (False while it is silent)."""
-        return ~self._windows(slot_s, salt=3, per_day=self.spec.silences_per_day,
-                              min_s=300, max_s=3600)
+        return ~self._windows(
+            slot_s, salt=3, per_day=self.spec.silences_per_day, min_s=300, max_s=3600
+        )
 
     def in_incident(self, slot_s: Ints) -> npt.NDArray[np.bool_]:
         """Whether each server is in a CPU incident at each slot."""
-        return self._windows(slot_s, salt=2, per_day=self.spec.incidents_per_day,
-                             min_s=300, max_s=1800)
+        return self._windows(
+            slot_s, salt=2, per_day=self.spec.incidents_per_day, min_s=300, max_s=1800
+        )
 
     def _noise(self, slot_s: Ints) -> Floats:
         out = np.empty((len(slot_s), self.spec.servers, len(METRICS)))
@@ -175,16 +186,20 @@ class Fleet:
         out = np.zeros((len(slot_s), self.spec.servers), dtype=bool)
         if per_day <= 0 or len(slot_s) == 0:
             return out
+        # Up to `draws` spells per server and day, each with probability per_day / draws, so
+        # that the expected count is per_day even above one a day.
+        draws = max(1, math.ceil(per_day))
         first, last = int(slot_s.min()) // _DAY - 1, int(slot_s.max()) // _DAY
         for day in range(first, last + 1):
             rng = np.random.default_rng([self.spec.seed, salt, day])
-            hit = rng.random(self.spec.servers) < per_day
-            starts = day * _DAY + rng.integers(0, _DAY, self.spec.servers)
-            ends = starts + rng.integers(min_s, max_s, self.spec.servers)
-            servers = np.flatnonzero(hit)
-            if servers.size:
-                t = slot_s[:, None]
-                out[:, servers] |= (t >= starts[servers]) & (t < ends[servers])
+            for _ in range(draws):
+                hit = rng.random(self.spec.servers) < per_day / draws
+                starts = day * _DAY + rng.integers(0, _DAY, self.spec.servers)
+                ends = starts + rng.integers(min_s, max_s, self.spec.servers)
+                servers = np.flatnonzero(hit)
+                if servers.size:
+                    t = slot_s[:, None]
+                    out[:, servers] |= (t >= starts[servers]) & (t < ends[servers])
         return out
 
 
@@ -200,9 +215,7 @@ def event_ids(seed: int, server_idx: Ints, ts_ms: Ints) -> npt.NDArray[np.bytes_
     """Deterministic ULIDs (ASCII bytes, 26 characters): the time part is ``ts_ms``, the random
     part a hash of ``(seed, server, ts_ms)``, so the same sample always has the same id."""
     ts = ts_ms.astype(np.uint64).ravel()
-    key = _splitmix64(
-        np.uint64(seed) * np.uint64(1_000_003) + server_idx.astype(np.uint64).ravel()
-    )
+    key = _splitmix64(np.uint64(seed) * np.uint64(1_000_003) + server_idx.astype(np.uint64).ravel())
     r1 = _splitmix64(key ^ ts)
     r2 = _splitmix64(r1 ^ np.uint64(0xD1B54A32D192ED03))
     hi = (ts << np.uint64(16)) | (r1 >> np.uint64(48))  # 48 time bits, 16 random bits

@@ -10,6 +10,7 @@ the consumers must dead-letter them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -69,7 +70,9 @@ def build_payloads(fleet: Fleet, slot_s: int, interval_s: int) -> list[dict[str,
             "event_id": ids[k].decode(),
             "server_id": fleet.server_ids[i],
             "ts": int(ts_ms[i]),
-            "metrics": {m: round(float(col[i]), 3) for m, col in zip(METRICS, columns, strict=True)},
+            "metrics": {
+                m: round(float(col[i]), 3) for m, col in zip(METRICS, columns, strict=True)
+            },
             "tags": tags[i],
         }
         for k, i in enumerate(idx)
@@ -107,7 +110,10 @@ class _Agents:
     """Posts batches per tenant with bounded concurrency; re-queues batches on 503."""
 
     def __init__(
-        self, client: httpx.AsyncClient, tokens: dict[str, str], stats: LiveStats,
+        self,
+        client: httpx.AsyncClient,
+        tokens: dict[str, str],
+        stats: LiveStats,
         concurrency: int,
     ) -> None:
         self._client = client
@@ -130,8 +136,9 @@ class _Agents:
         for attempt in itertools.count():
             async with self._slots:
                 try:
-                    response = await self._client.post("/api/v1/metrics", content=body,
-                                                       headers=headers)
+                    response = await self._client.post(
+                        "/api/v1/metrics", content=body, headers=headers
+                    )
                 except httpx.HTTPError:
                     response = None
             code = response.status_code if response is not None else 0
@@ -257,7 +264,5 @@ async def _send(agents: _Agents, payloads: list[dict[str, Any]], batch_size: int
 async def _sleep_until(wall_time: float, stop: asyncio.Event) -> None:
     delay = wall_time - time.time()
     if delay > 0:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
-        except TimeoutError:
-            pass

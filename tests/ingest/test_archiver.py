@@ -70,8 +70,9 @@ def read_dlq(settings: Settings) -> list[Any]:
 
 
 def archive_to_idle(settings: Settings, env: dict[str, str], tmp_path: Path) -> None:
-    service = ServiceProcess("archiver-final", ["archive", "--exit-when-idle", "3"],
-                             log_dir=tmp_path / "logs", env=env)
+    service = ServiceProcess(
+        "archiver-final", ["archive", "--exit-when-idle", "3"], log_dir=tmp_path / "logs", env=env
+    )
     assert service.process.wait(120) == 0, service.log_path.read_text()
 
 
@@ -91,8 +92,9 @@ def test_collector_to_archive_end_to_end(
     collector = ServiceProcess("collector", ["collector"], log_dir=tmp_path / "logs", env=fleet_env)
     url = f"http://127.0.0.1:{settings.collector.port}"
     try:
-        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(20),
-                                         wait=tenacity.wait_fixed(0.2), reraise=True):
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.2), reraise=True
+        ):
             with attempt:
                 httpx.get(f"{url}/healthz").raise_for_status()
         fleet = Fleet(FleetSpec(servers=120, seed=3, silences_per_day=0))
@@ -100,8 +102,11 @@ def test_collector_to_archive_end_to_end(
         accepted_ids: list[str] = []
         for slot in range(now - 300, now, 10):
             batch = build_payloads(fleet, slot, 10)
-            response = httpx.post(f"{url}/api/v1/metrics", json=batch,
-                                  headers={"authorization": "Bearer dev-token-globex"})
+            response = httpx.post(
+                f"{url}/api/v1/metrics",
+                json=batch,
+                headers={"authorization": "Bearer dev-token-globex"},
+            )
             assert response.status_code == 202, response.text
             accepted_ids += [p["event_id"] for p in batch]
     finally:
@@ -136,14 +141,16 @@ def test_sigkill_three_times_loses_and_repeats_nothing(
     settings: Settings, fleet_env: dict[str, str], tmp_path: Path
 ) -> None:
     produced = produce(settings, servers=1500, slots=40, bad_every=500)
-    env = fleet_env | {"FLEETLENS_ARCHIVE__FLUSH_MAX_ROWS": "3000",
-                       "FLEETLENS_ARCHIVE__FLUSH_INTERVAL_S": "0.3"}
+    env = fleet_env | {
+        "FLEETLENS_ARCHIVE__FLUSH_MAX_ROWS": "3000",
+        "FLEETLENS_ARCHIVE__FLUSH_INTERVAL_S": "0.3",
+    }
     rng = random.Random(11)
-    checkpoint = Path(settings.lake.root, "_state", "archiver",
-                      f"{settings.archive.group_id}.json")
+    checkpoint = Path(settings.lake.root, "_state", "archiver", f"{settings.archive.group_id}.json")
     for kill in range(3):
-        service = ServiceProcess(f"archiver-{kill}", ["archive"], log_dir=tmp_path / "logs",
-                                 env=env)
+        service = ServiceProcess(
+            f"archiver-{kill}", ["archive"], log_dir=tmp_path / "logs", env=env
+        )
         # Kill only once this run has made progress, at a random moment after that.
         before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
         deadline = time.monotonic() + 60

@@ -21,8 +21,13 @@ AUTH = {"authorization": "Bearer dev-token-initech"}
 
 
 def body(i: int) -> dict[str, object]:
-    return {"schema_version": 1, "event_id": f"e{i}", "server_id": "srv-1",
-            "ts": int(time.time() * 1000), "metrics": {"cpu_pct": 50.0}}
+    return {
+        "schema_version": 1,
+        "event_id": f"e{i}",
+        "server_id": "srv-1",
+        "ts": int(time.time() * 1000),
+        "metrics": {"cpu_pct": 50.0},
+    }
 
 
 @pytest.fixture
@@ -30,9 +35,14 @@ def own_broker(tmp_path: Path) -> Iterator[tuple[Settings, EmbeddedBroker]]:
     """A broker of this test's own, since the test stops and restarts it."""
     settings = load_settings(
         "embedded",
-        kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}",
-               "producer": {"max_block_ms": 2000, "request_timeout_ms": 2000,
-                            "delivery_timeout_ms": 4000}},
+        kafka={
+            "bootstrap_servers": f"127.0.0.1:{free_port()}",
+            "producer": {
+                "max_block_ms": 2000,
+                "request_timeout_ms": 2000,
+                "delivery_timeout_ms": 4000,
+            },
+        },
         collector={"produce_timeout_s": 5, "retry_after_s": 3},
         runtime_dir=tmp_path / "run",
         lake={"root": str(tmp_path / "lake")},
@@ -59,8 +69,9 @@ def test_503_while_broker_is_down_then_202_again(
         assert time.monotonic() - started < 15
 
         broker.start()
-        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(60),
-                                         wait=tenacity.wait_fixed(1), reraise=True):
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(60), wait=tenacity.wait_fixed(1), reraise=True
+        ):
             with attempt:
                 up = client.post("/api/v1/metrics", json=[body(2), body(3)], headers=AUTH)
                 assert up.status_code == 202, up.text
