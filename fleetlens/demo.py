@@ -139,7 +139,7 @@ def run_demo(
     seed: int = 42,
 ) -> dict[str, Any]:
     """Run the demo and return its summary (``sent, accepted, rejected, dlq, archived``...)."""
-    say = Console(stderr=True, quiet=quiet).print
+    say = Console(stderr=True, quiet=quiet, soft_wrap=True).print
     broker = EmbeddedBroker(settings)
     started_broker = broker.embedded and not broker.reachable()
     broker.start()
