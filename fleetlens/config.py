@@ -34,6 +34,7 @@ __all__ = [
     "MetricSpec",
     "Settings",
     "SimulatorSettings",
+    "SpeedSettings",
     "TopicSpec",
     "load_settings",
 ]
@@ -150,6 +151,34 @@ class ArchiveSettings(_Section):
     poll_timeout_ms: int = 500
 
 
+class SpeedSettings(_Section):
+    """The speed layer: event-time windows over ``fleet.metrics.v1``."""
+
+    group_id: str = "fleetlens-speed"
+    window_s: int = Field(default=60, ge=1)
+    allowed_lateness_s: int = Field(default=30, ge=0)
+    #: How long an event id is remembered; at least lateness + window (the default).
+    dedup_ttl_s: int | None = None
+    #: Cadence of a commit: sinks flushed (Delta ``speed_1m``, Kafka), then the checkpoint.
+    checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    #: A partition with no record for this long, and caught up, stops holding windows open.
+    idle_partition_s: float = Field(default=30.0, gt=0)
+    sketch_k: int = Field(default=200, ge=8)
+    #: Rows of ``speed_1m`` older than this are deleted (the batch layer has them by then).
+    retention_h: float = Field(default=48.0, gt=0)
+    #: Static scale-out: this process handles the partitions p with p % instances == instance.
+    instance: int = Field(default=0, ge=0)
+    instances: int = Field(default=1, ge=1)
+    metrics_port: int | None = None
+    poll_timeout_ms: int = 200
+
+    @property
+    def effective_dedup_ttl_s(self) -> int:
+        """The dedup memory's TTL: never shorter than a window plus the allowed lateness."""
+        floor = self.window_s + self.allowed_lateness_s
+        return max(self.dedup_ttl_s or 0, floor + 60)
+
+
 class SimulatorSettings(_Section):
     collector_url: str = "http://127.0.0.1:8088"
     tenants: tuple[str, ...]
@@ -186,6 +215,7 @@ class Settings(BaseSettings):
     contract: ContractSettings
     collector: CollectorSettings = CollectorSettings()
     archive: ArchiveSettings = ArchiveSettings()
+    speed: SpeedSettings = SpeedSettings()
     simulator: SimulatorSettings
 
     @field_validator("runtime_dir")

@@ -23,6 +23,7 @@ class Lake:
 
     def __init__(self, settings: LakeSettings) -> None:
         self.root = settings.root
+        self._storage_options = settings.storage_options
         if "://" in settings.root:
             self.fs, self._base = pafs.FileSystem.from_uri(settings.root)
         else:
@@ -36,6 +37,15 @@ class Lake:
     def path(self, *parts: str) -> str:
         """A filesystem path below the root, for ``self.fs``."""
         return "/".join([self._base.rstrip("/"), *parts])
+
+    def table_uri(self, name: str) -> str:
+        """Where the Delta table ``name`` lives (``<root>/tables/<name>``)."""
+        return self.uri("tables", name)
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """Options for delta-rs and polars (object-store credentials, endpoint...)."""
+        return {k: v.get_secret_value() for k, v in self._storage_options.items()}
 
     def uri(self, *parts: str) -> str:
         """A URI below the root, for engines that open paths themselves (Spark, polars)."""
