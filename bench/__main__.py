@@ -1,0 +1,156 @@
+"""``python -m bench [all|collector|archiver] [options]``: run the FleetLens benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from bench._common import machine, say
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("a comma-separated list of positive integers")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="FleetLens benchmarks: each starts its own broker on a free loopback port, "
+        "a scratch lake and the service under test, measures a baseline in the same run, "
+        "prints a table and stops everything it started.",
+    )
+    parser.add_argument(
+        "which",
+        nargs="?",
+        choices=["all", "collector", "archiver"],
+        default="all",
+        help="which benchmark to run (default: all)",
+    )
+    parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch directories (logs, lake) for inspection",
+    )
+    c = parser.add_argument_group("collector")
+    c.add_argument("--servers", type=int, default=10_000, help="simulated servers (10000)")
+    c.add_argument(
+        "--duration", type=float, default=20.0, help="seconds of load per batch size (20)"
+    )
+    c.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per batch size (2)")
+    c.add_argument(
+        "--batches",
+        type=_batches,
+        default=(1, 100),
+        help="payloads per request, comma-separated (1,100)",
+    )
+    c.add_argument("--clients", type=int, default=1, help="load-generator processes (1)")
+    c.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="HTTP client of the load generator (raw)",
+    )
+    c.add_argument(
+        "--connections",
+        type=int,
+        default=32,
+        help="concurrent keep-alive connections in total (32)",
+    )
+    c.add_argument(
+        "--slots", type=int, default=6, help="ticks of the fleet pre-built as payloads, cycled (6)"
+    )
+    c.add_argument(
+        "--baseline-duration", type=float, default=5.0, help="seconds of each baseline (5)"
+    )
+    a = parser.add_argument_group("archiver")
+    a.add_argument(
+        "--records",
+        type=int,
+        default=300_000,
+        help="records pre-filled on the metrics topic (300000)",
+    )
+    a.add_argument(
+        "--archive-servers",
+        type=int,
+        default=10_000,
+        help="servers the pre-filled records come from (10000)",
+    )
+    a.add_argument(
+        "--prefill-procs",
+        type=int,
+        default=2,
+        help="producer processes that pre-fill the topic (2)",
+    )
+    a.add_argument(
+        "--idle", type=float, default=3.0, help="--exit-when-idle seconds given to the archiver (3)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.clients < 1 or args.connections < args.clients:
+        print("--clients must be ≥ 1 and --connections ≥ --clients", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    date = subprocess.run(["date"], capture_output=True, text=True, check=False).stdout.strip()
+    say(f"{date} — {machine()}")
+    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"{'> ' if args.markdown else ''}{date} · {machine()} · `{command.strip()}`")
+    reports = []
+    if args.which in ("all", "collector"):
+        from bench.collector import CollectorOptions
+        from bench.collector import run as run_collector
+
+        reports.append(
+            run_collector(
+                CollectorOptions(
+                    servers=args.servers,
+                    duration_s=args.duration,
+                    warmup_s=args.warmup,
+                    batches=args.batches,
+                    clients=args.clients,
+                    connections=args.connections,
+                    slots=args.slots,
+                    baseline_s=args.baseline_duration,
+                    keep=args.keep,
+                    client=args.client,
+                )
+            )
+        )
+        reports[-1].print(markdown=args.markdown)
+    if args.which in ("all", "archiver"):
+        from bench.archiver import ArchiverOptions
+        from bench.archiver import run as run_archiver
+
+        reports.append(
+            run_archiver(
+                ArchiverOptions(
+                    records=args.records,
+                    servers=args.archive_servers,
+                    idle_s=args.idle,
+                    prefill_procs=args.prefill_procs,
+                    keep=args.keep,
+                )
+            )
+        )
+        reports[-1].print(markdown=args.markdown)
+    say(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as interrupt:
+        print(
+            f"interrupted ({interrupt}); everything the benchmark started was stopped",
+            file=sys.stderr,
+        )
+        sys.exit(130)
