@@ -166,6 +166,9 @@ class SpeedSettings(_Section):
     sketch_k: int = Field(default=200, ge=8)
     #: Rows of ``speed_1m`` older than this are deleted (the batch layer has them by then).
     retention_h: float = Field(default=48.0, gt=0)
+    #: Cadence of retention and maintenance (compaction, checkpoint, log clean-up, vacuum)
+    #: of ``speed_1m`` and ``speed_late_1m``; the first runs at the first commit.
+    housekeeping_interval_s: float = Field(default=3600.0, gt=0)
     #: Static scale-out: this process handles the partitions p with p % instances == instance.
     instance: int = Field(default=0, ge=0)
     instances: int = Field(default=1, ge=1)

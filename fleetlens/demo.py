@@ -1,13 +1,15 @@
 """The demo: the whole ingest path on this machine, with a simulated fleet.
 
-Broker (embedded), collector and archiver run as their own ``fleetlens`` processes, exactly as
-they would be deployed; the simulator runs here. At the end the pipeline is drained (the
-archiver has committed everything the topic holds) and a summary is returned.
+Broker (embedded), collector, archiver and speed layer run as their own ``fleetlens``
+processes, exactly as they would be deployed; the simulator runs here. At the end the
+pipeline is drained (the archiver and the speed layer have committed everything the topic
+holds) and a summary is returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +32,7 @@ from fleetlens.kafka.clients import (
     make_consumer,
     make_producer,
 )
+from fleetlens.kafka.dlq import read_dlq_headers
 from fleetlens.lake.paths import Lake
 from fleetlens.simulator.fleet import Fleet, FleetSpec
 from fleetlens.simulator.live import FaultSpec, run_live
@@ -104,11 +107,13 @@ def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def _wait_archived(settings: Settings, archiver: ServiceProcess, timeout_s: float) -> None:
-    """Wait until the archiver's committed offsets reach the log end of every partition."""
+def _wait_committed(
+    settings: Settings, group_id: str, service: ServiceProcess, timeout_s: float
+) -> None:
+    """Wait until a consumer group's committed offsets reach the log end of every partition."""
     topic = settings.kafka.topics.metrics.name
     ends = _end_offsets(settings, topic)
-    consumer = make_consumer(settings.kafka, group_id=settings.archive.group_id)
+    consumer = make_consumer(settings.kafka, group_id=group_id)
     try:
         for attempt in tenacity.Retrying(
             stop=tenacity.stop_after_delay(timeout_s),
@@ -117,16 +122,45 @@ def _wait_archived(settings: Settings, archiver: ServiceProcess, timeout_s: floa
             reraise=True,
         ):
             with attempt:
-                if archiver.process.poll() is not None:
-                    raise RuntimeError(f"archiver exited; see {archiver.log_path}")
+                if service.process.poll() is not None:
+                    raise RuntimeError(f"{service.name} exited; see {service.log_path}")
                 behind = {
                     p: end - (consumer.committed(TopicPartition(topic, p)) or 0)
                     for p, end in ends.items()
                 }
                 if any(v > 0 for v in behind.values()):
-                    raise TimeoutError(f"archiver still behind: {behind}")
+                    raise TimeoutError(f"{service.name} still behind: {behind}")
     finally:
         consumer.close()
+
+
+def _dead_letters(settings: Settings, since: dict[int, int]) -> dict[str, Any]:
+    """Records dead-lettered since the ``since`` offsets: distinct source records, and per stage."""
+    consumer = make_consumer(settings.kafka, group_id=None)
+    try:
+        partitions = all_partitions(consumer, settings.kafka.topics.dlq.name)
+        ends = log_end_offsets(consumer, partitions)
+        for tp in partitions:
+            consumer.seek(tp, since.get(tp.partition, 0))
+        sources: set[tuple[str, str]] = set()
+        stages: dict[str, int] = {}
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    headers = read_dlq_headers(record.headers)
+                    sources.add((headers["source.partition"], headers["source.offset"]))
+                    stages[headers["stage"]] = stages.get(headers["stage"], 0) + 1
+        return {"records": len(sources), "by_stage": stages}
+    finally:
+        consumer.close()
+
+
+def _last_json_line(path: Path) -> dict[str, Any]:
+    for line in reversed(path.read_text().splitlines()):
+        if line.startswith("{"):
+            data: dict[str, Any] = json.loads(line)
+            return data
+    return {}
 
 
 def run_demo(
@@ -151,13 +185,13 @@ def run_demo(
         # Short flushes so that the drain at the end is quick; files stay reasonably sized.
         "FLEETLENS_ARCHIVE__FLUSH_INTERVAL_S": str(min(settings.archive.flush_interval_s, 5.0)),
     }
-    dlq_topic = settings.kafka.topics.dlq.name
-    dlq_before = sum(_end_offsets(settings, dlq_topic).values())
+    dlq_before = _end_offsets(settings, settings.kafka.topics.dlq.name)
     since_ms = int(time.time() * 1000)
     url = f"http://{settings.collector.host}:{settings.collector.port}"
     collector = ServiceProcess("collector", ["collector"], log_dir=run_dir, env=env)
     archiver = ServiceProcess("archiver", ["archive"], log_dir=run_dir, env=env)
-    services = [collector, archiver]
+    speed = ServiceProcess("speed", ["speed", "run"], log_dir=run_dir, env=env)
+    services = [collector, archiver, speed]
     try:
         for attempt in tenacity.Retrying(
             stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.2), reraise=True
@@ -170,6 +204,10 @@ def run_demo(
         say(f"  broker     {settings.kafka.bootstrap_servers} ({settings.broker.mode})")
         say(f"  collector  {url}/api/v1/metrics   metrics {url}/metrics   log {collector.log_path}")
         say(f"  archiver   → {settings.lake.root}/landing/metrics   log {archiver.log_path}")
+        say(
+            f"  speed      → {settings.lake.root}/tables/speed_1m, "
+            f"{settings.kafka.topics.agg1m.name}   log {speed.log_path}"
+        )
         say(f"  running for {duration_s:.0f} s" if duration_s else "  Ctrl-C to stop")
 
         fleet = Fleet(
@@ -197,12 +235,14 @@ def run_demo(
             producer.flush()
         finally:
             producer.close()
-        say("draining: waiting for the archiver to commit everything on the topic…")
-        _wait_archived(settings, archiver, timeout_s=120)
+        say("draining: waiting for archiver and speed layer to commit everything on the topic…")
+        _wait_committed(settings, settings.archive.group_id, archiver, timeout_s=120)
+        _wait_committed(settings, settings.speed.group_id, speed, timeout_s=120)
         for service in services:
             service.stop()
-        dlq = sum(_end_offsets(settings, dlq_topic).values()) - dlq_before
+        dead = _dead_letters(settings, dlq_before)
         archived = count_archived(Lake(settings.lake), since_ms=since_ms)
+        speed_stats = _last_json_line(speed.log_path)
     finally:
         for service in services:
             service.stop()
@@ -214,8 +254,12 @@ def run_demo(
         "sent": stats.sent,
         "accepted": stats.accepted,
         "rejected": stats.rejected,
-        "dlq": dlq,
+        "dlq": dead["records"],
+        "dlq_by_stage": dead["by_stage"],
         "archived": archived,
+        "windows_closed": speed_stats.get("windows_closed"),
+        "late_dropped": speed_stats.get("late_dropped"),
+        "duplicates_dropped": speed_stats.get("duplicates"),
         "duplicates_sent": stats.duplicates,
         "late_sent": stats.late,
         "raw_malformed": stats.raw_malformed,

@@ -81,12 +81,15 @@ class PartitionWindows:
         lateness_ms: How far behind the maximum event time an event may be and still count.
         dedup_ttl_ms: How long event ids are remembered.
         sketch_k: KLL sketch accuracy parameter.
+        late_memory_ms: How long the late count of a window is kept behind the watermark
+            (the counts are reported as running totals, so they must outlive a commit).
     """
 
     size_ms: int
     lateness_ms: int
     dedup_ttl_ms: int
     sketch_k: int = 200
+    late_memory_ms: int = 48 * 3_600_000
     max_ts: int = _NEVER
     watermark: int = _NEVER
     records: int = 0
@@ -114,7 +117,7 @@ class PartitionWindows:
         if self.records % 1024 == 0:
             # Counted in records, not time, so that a replay evicts at the same points.
             self.dedup.evict(self.max_ts)
-            horizon = self.watermark - self.dedup_ttl_ms
+            horizon = self.watermark - self.late_memory_ms
             self.late_by_window = {s: n for s, n in self.late_by_window.items() if s >= horizon}
         if self.dedup.seen(event.event_id, ts):
             self.duplicates += 1
@@ -189,6 +192,7 @@ class PartitionWindows:
         lateness_ms: int,
         dedup_ttl_ms: int,
         sketch_k: int,
+        late_memory_ms: int = 48 * 3_600_000,
     ) -> PartitionWindows:
         """Inverse of :meth:`to_state` (window size and lateness come from the settings)."""
         restored = cls(
@@ -196,6 +200,7 @@ class PartitionWindows:
             lateness_ms=lateness_ms,
             dedup_ttl_ms=dedup_ttl_ms,
             sketch_k=sketch_k,
+            late_memory_ms=late_memory_ms,
             max_ts=state["max_ts"],
             watermark=state["watermark"],
             _dedup=Deduplicator.from_state(dedup_ttl_ms, [tuple(x) for x in state["dedup"]]),

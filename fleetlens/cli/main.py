@@ -26,10 +26,12 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
 broker_app = typer.Typer(no_args_is_help=True, help="The embedded Kafka broker (Tansu).")
+speed_app = typer.Typer(no_args_is_help=True, help="The speed layer: live window aggregates.")
 simulate_app = typer.Typer(no_args_is_help=True, help="Simulated fleets: live or history.")
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(speed_app, name="speed")
 
 console = Console(stderr=True)
 
@@ -176,6 +178,39 @@ def archive(
     stats = Archiver(_settings(ctx), registry=REGISTRY).run(
         stop=stop, exit_when_idle_s=exit_when_idle
     )
+    print(json.dumps(vars(stats)))
+
+
+@speed_app.command("run")
+def speed_run(
+    ctx: typer.Context,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(help="Stop, after a final commit, once no record came for this many seconds."),
+    ] = None,
+    instance: Annotated[int | None, typer.Option(help="Override speed.instance.")] = None,
+    instances: Annotated[int | None, typer.Option(help="Override speed.instances.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+) -> None:
+    """Consume fleet.metrics.v1 into live 1-minute windows (speed_1m, fleet.agg1m.v1)."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from speed_layer.app import SpeedLayer
+
+    settings = _settings(ctx)
+    changes = {
+        k: v for k, v in {"instance": instance, "instances": instances}.items() if v is not None
+    }
+    if changes:
+        settings = settings.model_copy(update={"speed": settings.speed.model_copy(update=changes)})
+    port = metrics_port or settings.speed.metrics_port
+    if port:
+        start_http_server(port)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    stats = SpeedLayer(settings, registry=REGISTRY).run(stop=stop, exit_when_idle_s=exit_when_idle)
     print(json.dumps(vars(stats)))
 
 

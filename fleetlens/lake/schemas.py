@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["ROLLUP_SCHEMA", "SPEED_1M_SCHEMA", "TAG_COLUMNS", "WINDOW_KEY"]
+__all__ = [
+    "LATE_KEY",
+    "ROLLUP_SCHEMA",
+    "SPEED_1M_SCHEMA",
+    "SPEED_LATE_SCHEMA",
+    "TAG_COLUMNS",
+    "WINDOW_KEY",
+]
 
 #: Tag columns carried by every aggregate row, in this order.
 TAG_COLUMNS = ("tenant", "region", "env", "service", "cluster")
@@ -37,3 +44,18 @@ ROLLUP_SCHEMA = pa.schema(
 SPEED_1M_SCHEMA = ROLLUP_SCHEMA.append(
     pa.field("emitted_at", pa.timestamp("us", tz="UTC"), nullable=False)
 )
+
+#: Records the speed layer dropped as late, per window and source partition: what its
+#: ``speed_1m`` rows are missing until the batch layer covers the window.
+SPEED_LATE_SCHEMA = pa.schema(
+    [
+        pa.field("window_start", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("late_dropped", pa.int64(), nullable=False),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+#: The key of ``speed_late_1m`` rows: each partition is counted by exactly one process.
+LATE_KEY = ("topic", "partition", "window_start")
