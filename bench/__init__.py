@@ -1,4 +1,4 @@
-"""FleetLens benchmarks: ``python -m bench [collector|archiver]``.
+"""FleetLens benchmarks: ``python -m bench [collector|archiver|speed|speed-delta]``.
 
 Each benchmark starts its own embedded broker (Tansu) on a free loopback port with a scratch
 lake and runtime directory, runs the service under test as a ``python -m fleetlens`` child

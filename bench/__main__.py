@@ -1,4 +1,4 @@
-"""``python -m bench [all|collector|archiver] [options]``: run the FleetLens benchmarks."""
+"""``python -m bench [all|collector|archiver|speed|speed-delta] [options]``: the benchmarks."""
 
 from __future__ import annotations
 
@@ -27,9 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "which",
         nargs="?",
-        choices=["all", "collector", "archiver"],
+        choices=["all", "collector", "archiver", "speed", "speed-delta"],
         default="all",
-        help="which benchmark to run (default: all)",
+        help="which benchmark to run (default: all = collector, archiver, speed; speed-delta, "
+        "the cost of speed_1m's Delta upserts and of opening it after a day of commits, takes "
+        "~15 min and runs only on its own: python -m bench speed-delta, or python -m "
+        "bench.speed_delta --help for its options)",
     )
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     parser.add_argument(
@@ -88,7 +91,28 @@ def _parser() -> argparse.ArgumentParser:
         help="producer processes that pre-fill the topic (2)",
     )
     a.add_argument(
-        "--idle", type=float, default=3.0, help="--exit-when-idle seconds given to the archiver (3)"
+        "--idle",
+        type=float,
+        default=3.0,
+        help="--exit-when-idle seconds given to the archiver and the speed layer (3)",
+    )
+    s = parser.add_argument_group("speed (also uses --prefill-procs and --idle)")
+    s.add_argument(
+        "--speed-records",
+        type=int,
+        default=500_000,
+        help="records pre-filled on the metrics topic (500000)",
+    )
+    s.add_argument(
+        "--speed-servers",
+        type=int,
+        default=10_000,
+        help="servers the pre-filled records come from, 6 metrics each (10000)",
+    )
+    s.add_argument(
+        "--speed-profile",
+        metavar="PATH",
+        help="run the speed layer under cProfile and write the profile to PATH",
     )
     return parser
 
@@ -141,6 +165,27 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         reports[-1].print(markdown=args.markdown)
+    if args.which in ("all", "speed"):
+        from bench.speed_layer import SpeedOptions
+        from bench.speed_layer import run as run_speed
+
+        reports.append(
+            run_speed(
+                SpeedOptions(
+                    records=args.speed_records,
+                    servers=args.speed_servers,
+                    idle_s=args.idle,
+                    prefill_procs=args.prefill_procs,
+                    keep=args.keep,
+                    profile=args.speed_profile,
+                )
+            )
+        )
+        reports[-1].print(markdown=args.markdown)
+    if args.which == "speed-delta":
+        from bench.speed_delta import main as run_speed_delta
+
+        run_speed_delta(["--markdown"] if args.markdown else [])
     say(f"done in {time.monotonic() - started:.0f} s")
     return 0
 

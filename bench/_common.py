@@ -85,15 +85,24 @@ def child_environment(env: dict[str, str]) -> dict[str, str]:
 
 
 class Child:
-    """A ``python -m fleetlens <args>`` child process logging to a file."""
+    """A ``python [python_args] -m fleetlens <args>`` child process logging to a file
+    (``python_args`` e.g. ``["-m", "cProfile", "-o", path]``)."""
 
-    def __init__(self, name: str, args: list[str], *, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        log_dir: Path,
+        env: dict[str, str],
+        python_args: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.started = time.monotonic()
         with self.log_path.open("ab") as log_out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "fleetlens", *args],
+                [sys.executable, *python_args, "-m", "fleetlens", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log_out,
@@ -209,9 +218,18 @@ class Scratch:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
-        """Start ``python -m fleetlens <args>``; it is stopped when the scratch ends."""
-        child = Child(name, args, log_dir=self.log_dir, env=self.env | (env or {}))
+    def spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        python_args: Sequence[str] = (),
+    ) -> Child:
+        """Start ``python [python_args] -m fleetlens <args>``; it is stopped when the scratch
+        ends."""
+        child = Child(
+            name, args, log_dir=self.log_dir, env=self.env | (env or {}), python_args=python_args
+        )
         self._children.append(child)
         return child
 

@@ -142,8 +142,10 @@ def test_sigkill_three_times_loses_and_repeats_nothing(
 ) -> None:
     produced = produce(settings, servers=1500, slots=40, bad_every=500)
     env = fleet_env | {
-        "FLEETLENS_ARCHIVE__FLUSH_MAX_ROWS": "3000",
+        "FLEETLENS_ARCHIVE__FLUSH_MAX_ROWS": "1000",
         "FLEETLENS_ARCHIVE__FLUSH_INTERVAL_S": "0.3",
+        # Small polls keep the archiver busy long enough for three kills mid-stream.
+        "FLEETLENS_KAFKA__CONSUMER__MAX_POLL_RECORDS": "100",
     }
     rng = random.Random(11)
     checkpoint = Path(settings.lake.root, "_state", "archiver", f"{settings.archive.group_id}.json")
@@ -159,7 +161,7 @@ def test_sigkill_three_times_loses_and_repeats_nothing(
         ):
             assert service.process.poll() is None, service.log_path.read_text()
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.05, 1.0))
+        time.sleep(rng.uniform(0.05, 0.6))
         os.kill(service.process.pid, signal.SIGKILL)
         service.process.wait(10)
     partial = landing(settings).height
