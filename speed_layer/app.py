@@ -384,7 +384,10 @@ class _Loop:
         self.late_table.upsert(changed, updated_at_ms=int(time.time() * 1000))
 
     def _maybe_housekeep(self) -> None:
-        """Hourly: retention, then compaction, checkpoint, log clean-up and vacuum."""
+        """Hourly: retention, then compaction, checkpoint, log clean-up and vacuum; by
+        instance 0 only, as the tables are shared by all instances."""
+        if self.cfg.instance != 0:
+            return
         if time.monotonic() - self.last_housekeeping_at < self.cfg.housekeeping_interval_s:
             return
         started = time.perf_counter()

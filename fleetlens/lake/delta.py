@@ -22,7 +22,8 @@ stay readable by Spark, Trino's Delta connector, DuckDB and polars:
 Writers on an object store need no lock: delta-rs 1.x commits with S3 conditional writes
 (put-if-absent). A commit that conflicts with a concurrent one raises
 :class:`~deltalake.exceptions.CommitFailedError` (re-exported here); the operation can then
-be run again as a whole.
+be run again as a whole, which :func:`upsert` and :func:`delete_where` do by themselves
+(both are idempotent) for up to :data:`CONFLICT_RETRY_S` seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable, QueryBuilder
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from fleetlens.lake.paths import Lake
 
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from deltalake.table import FilterType
 
 __all__ = [
+    "CONFLICT_RETRY_S",
     "DEFAULT_PROPERTIES",
     "CommitFailedError",
     "MaintenanceReport",
@@ -73,6 +76,18 @@ DEFAULT_PROPERTIES: Final[Mapping[str, str]] = MappingProxyType(
         "delta.enableDeletionVectors": "false",
         "delta.columnMapping.mode": "none",
     }
+)
+
+#: How long an idempotent write is retried when concurrent commits conflict with it.
+CONFLICT_RETRY_S: Final = 60.0
+
+#: Re-run a whole idempotent operation on a conflicting commit (jittered, so that two
+#: writers that collided do not collide again).
+_retry_on_conflict = retry(
+    retry=retry_if_exception_type(CommitFailedError),
+    wait=wait_random_exponential(multiplier=0.05, max=2.0),
+    stop=stop_after_delay(CONFLICT_RETRY_S),
+    reraise=True,
 )
 
 _SOURCE = "source"
@@ -189,6 +204,7 @@ def ensure_table(
     return table
 
 
+@_retry_on_conflict
 def upsert(
     lake: Lake,
     name: str,
@@ -222,8 +238,9 @@ def upsert(
         nothing.
 
     Raises:
-        CommitFailedError: A concurrent commit read or wrote the same data (delta-rs retries
-            commits that do not conflict by itself). Nothing was committed; call again.
+        CommitFailedError: Concurrent commits kept conflicting with this one for
+            :data:`CONFLICT_RETRY_S` seconds (delta-rs retries commits that do not conflict
+            by itself; conflicting ones are run again here). Nothing was committed.
         TableMismatchError: ``rows`` lack table columns or have others.
         ValueError: ``key`` is empty or ``prune_column`` is not one of its columns.
     """
@@ -251,6 +268,7 @@ def upsert(
     return merger.when_matched_update_all().when_not_matched_insert_all().execute()
 
 
+@_retry_on_conflict
 def delete_where(lake: Lake, name: str, predicate: str) -> int:
     """Delete the rows matching a SQL predicate, e.g. for retention.
 
@@ -264,7 +282,7 @@ def delete_where(lake: Lake, name: str, predicate: str) -> int:
         The number of rows deleted.
 
     Raises:
-        CommitFailedError: A concurrent commit conflicts; call again.
+        CommitFailedError: Concurrent commits kept conflicting for :data:`CONFLICT_RETRY_S`.
     """
     table = open_table(lake, name)
     metrics = table.delete(predicate)

@@ -198,6 +198,17 @@ def comparable(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.drop("emitted_at").sort(KEY)
 
 
+def run_in_own_lake(name: str, env: dict[str, str], tmp_path: Path) -> pl.DataFrame:
+    """One uninterrupted run over the whole topic, into a lake of its own."""
+    lake = str(tmp_path / f"{name}-lake")
+    run_to_idle(
+        f"speed-{name}",
+        env | {"FLEETLENS_LAKE__ROOT": lake, "FLEETLENS_SPEED__GROUP_ID": name},
+        tmp_path,
+    )
+    return comparable(speed_table(load_settings(lake={"root": lake})))
+
+
 def test_kill9_five_times_gives_the_uninterrupted_result(
     settings: Settings, speed_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -229,12 +240,7 @@ def test_kill9_five_times_gives_the_uninterrupted_result(
     run_to_idle("speed-final", slow, tmp_path)
     crashed = comparable(speed_table(settings))
 
-    clean_env = speed_env | {
-        "FLEETLENS_LAKE__ROOT": str(tmp_path / "clean-lake"),
-        "FLEETLENS_SPEED__GROUP_ID": "clean",
-    }
-    run_to_idle("speed-clean", clean_env, tmp_path)
-    clean = comparable(speed_table(load_settings(lake={"root": str(tmp_path / "clean-lake")})))
+    clean = run_in_own_lake("clean", speed_env, tmp_path)
 
     assert kills_mid_stream == 5
     assert clean.height > 0
@@ -260,12 +266,7 @@ def test_two_processes_share_the_partitions_and_match_one(
     assert "partitions=[0, 2, 4]" in logs[0] and "partitions=[1, 3, 5]" in logs[1]
     shared = comparable(speed_table(settings))
 
-    single_env = speed_env | {
-        "FLEETLENS_LAKE__ROOT": str(tmp_path / "single"),
-        "FLEETLENS_SPEED__GROUP_ID": "single",
-    }
-    run_to_idle("speed-single", single_env, tmp_path)
-    single = comparable(speed_table(load_settings(lake={"root": str(tmp_path / "single")})))
+    single = run_in_own_lake("single", speed_env, tmp_path)
     assert single.height > 0
     assert shared.equals(single)
 
