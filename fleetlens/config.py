@@ -193,6 +193,43 @@ class SimulatorSettings(_Section):
     concurrency: int = 8
 
 
+class SparkSettings(_Section):
+    """The Spark session of the batch jobs (``spark.master`` is any Spark master URL)."""
+
+    master: str = "local[*]"
+    app_name: str = "fleetlens"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(default=8, ge=1)
+    #: How tables are committed: ``native`` needs delta-spark's classes on the classpath,
+    #: ``delta-rs`` has Spark write the Parquet files and delta-rs commit them, ``auto``
+    #: picks ``native`` when the classes are there.
+    delta_mode: Literal["auto", "native", "delta-rs"] = "auto"
+    #: Extra Spark configuration, e.g. ``spark.executor.memory`` for a cluster.
+    conf: dict[str, str] = {}
+
+
+class RetentionSettings(_Section):
+    """How long each table keeps its partitions, in days (``None``: kept)."""
+
+    raw_points_days: int | None = Field(default=7, ge=1)
+    rollup_1m_days: int | None = Field(default=30, ge=1)
+    rollup_1h_days: int | None = Field(default=365, ge=1)
+    rollup_1d_days: int | None = None
+    quarantine_days: int | None = Field(default=30, ge=1)
+    #: Vacuum keeps removed files this long (at least the tables' 24 h minimum).
+    vacuum_hours: int = Field(default=168, ge=24)
+
+
+class BatchSettings(_Section):
+    """The batch layer: compaction, rollups, baseline, quality and retention."""
+
+    sketch_k: int = Field(default=200, ge=8)
+    baseline_weeks: int = Field(default=4, ge=1)
+    #: Backfills are cut into chunks of this many hours, each committed on its own.
+    backfill_chunk_hours: int = Field(default=24, ge=1)
+    retention: RetentionSettings = RetentionSettings()
+
+
 class LogSettings(_Section):
     level: str = "INFO"
     format: Literal["console", "json"] = "console"
@@ -219,6 +256,8 @@ class Settings(BaseSettings):
     collector: CollectorSettings = CollectorSettings()
     archive: ArchiveSettings = ArchiveSettings()
     speed: SpeedSettings = SpeedSettings()
+    spark: SparkSettings = SparkSettings()
+    batch: BatchSettings = BatchSettings()
     simulator: SimulatorSettings
 
     @field_validator("runtime_dir")

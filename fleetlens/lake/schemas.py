@@ -5,11 +5,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 __all__ = [
+    "BASELINE_SCHEMA",
     "LATE_KEY",
+    "QUARANTINE_SCHEMA",
+    "RAW_POINTS_SCHEMA",
     "ROLLUP_SCHEMA",
     "SPEED_1M_SCHEMA",
     "SPEED_LATE_SCHEMA",
     "TAG_COLUMNS",
+    "WATERMARK_SCHEMA",
     "WINDOW_KEY",
 ]
 
@@ -59,3 +63,60 @@ SPEED_LATE_SCHEMA = pa.schema(
 
 #: The key of ``speed_late_1m`` rows: each partition is counted by exactly one process.
 LATE_KEY = ("topic", "partition", "window_start")
+
+#: ``raw_points`` (batch layer): one row per point, deduplicated on ``(event_id, metric)``,
+#: partitioned by ``date`` (the event's UTC day, ``YYYY-MM-DD``) and ``hour`` (``0``–``23``).
+RAW_POINTS_SCHEMA = pa.schema(
+    [
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("server_id", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        *(pa.field(tag, pa.string()) for tag in TAG_COLUMNS),
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("ingest_ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("date", pa.string(), nullable=False),
+        pa.field("hour", pa.int32(), nullable=False),
+    ]
+)
+
+#: ``quarantine``: landing rows (or points) that break the contract, with the reason.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("event_id", pa.string()),
+        pa.field("server_id", pa.string()),
+        pa.field("ts", pa.timestamp("us", tz="UTC")),
+        pa.field("metric", pa.string()),
+        pa.field("value", pa.float64()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("quarantined_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("date", pa.string(), nullable=False),
+    ]
+)
+
+#: ``baseline_hourly``: per server, metric and hour of week (0 = Monday 00:00 UTC … 167),
+#: the mean and standard deviation of the hourly means of ``rollup_1h`` over the last
+#: ``batch.baseline_weeks`` weeks; ``samples`` is how many hours it rests on.
+BASELINE_SCHEMA = pa.schema(
+    [
+        pa.field("server_id", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("hour_of_week", pa.int32(), nullable=False),
+        pa.field("mean", pa.float64(), nullable=False),
+        pa.field("stddev", pa.float64()),
+        pa.field("samples", pa.int64(), nullable=False),
+        pa.field("computed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+#: ``batch_watermarks`` (control table): per table, the end of the last complete, verified
+#: interval; the serving layer reads batch data before it and speed data after it.
+WATERMARK_SCHEMA = pa.schema(
+    [
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("complete_until", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("run_id", pa.string()),
+    ]
+)
