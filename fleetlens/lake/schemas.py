@@ -9,6 +9,9 @@ __all__ = [
     "LATE_KEY",
     "QUARANTINE_SCHEMA",
     "RAW_POINTS_SCHEMA",
+    "HOUR_PARTITIONS",
+    "ROLLUP_1D_SCHEMA",
+    "ROLLUP_HOURLY_SCHEMA",
     "ROLLUP_SCHEMA",
     "SPEED_1M_SCHEMA",
     "SPEED_LATE_SCHEMA",
@@ -80,7 +83,8 @@ RAW_POINTS_SCHEMA = pa.schema(
     ]
 )
 
-#: ``quarantine``: landing rows (or points) that break the contract, with the reason.
+#: ``quarantine``: landing rows (or points) that break the contract, with the reason;
+#: partitioned like ``raw_points`` by the hour of the landing partition they came from.
 QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("source_file", pa.string(), nullable=False),
@@ -92,6 +96,7 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("quarantined_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("date", pa.string(), nullable=False),
+        pa.field("hour", pa.int32(), nullable=False),
     ]
 )
 
@@ -120,3 +125,16 @@ WATERMARK_SCHEMA = pa.schema(
         pa.field("run_id", pa.string()),
     ]
 )
+
+#: Partition columns of the hour-partitioned batch tables (``raw_points``, ``quarantine``,
+#: ``rollup_1m``, ``rollup_1h``): the UTC day ``YYYY-MM-DD`` and hour ``0``–``23`` of the
+#: event time or window start. An hour is the unit the jobs recompute and replace.
+HOUR_PARTITIONS = ("date", "hour")
+
+#: ``rollup_1m`` and ``rollup_1h``: the rollup columns plus their partition columns.
+ROLLUP_HOURLY_SCHEMA = ROLLUP_SCHEMA.append(pa.field("date", pa.string(), nullable=False)).append(
+    pa.field("hour", pa.int32(), nullable=False)
+)
+
+#: ``rollup_1d``: the rollup columns, partitioned by ``date``.
+ROLLUP_1D_SCHEMA = ROLLUP_SCHEMA.append(pa.field("date", pa.string(), nullable=False))

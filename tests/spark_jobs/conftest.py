@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,9 @@ from spark_jobs.session import build_session
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    # collect() turns timestamps into naive datetimes of the driver's zone: make it UTC.
+    os.environ["TZ"] = "UTC"
+    time.tzset()
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
     settings = load_settings(
         spark={

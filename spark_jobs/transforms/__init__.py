@@ -1,0 +1,1 @@
+"""Pure Spark transformations of the batch layer: ``DataFrame -> DataFrame``, no I/O."""

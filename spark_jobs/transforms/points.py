@@ -1,0 +1,79 @@
+"""Landing payloads to points: explode, check against the contract, deduplicate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from fleetlens.config import MetricSpec
+from fleetlens.lake.schemas import RAW_POINTS_SCHEMA, TAG_COLUMNS
+
+__all__ = ["POINT_COLUMNS", "dedupe_points", "landing_to_points", "split_valid_points"]
+
+#: The columns of ``raw_points``, in table order.
+POINT_COLUMNS = tuple(RAW_POINTS_SCHEMA.names)
+
+
+def landing_to_points(landing: DataFrame) -> DataFrame:
+    """One row per ``(payload, metric)`` with the tags as columns and the event's UTC
+    ``date``/``hour``; keeps ``source_file`` when the input has it."""
+    extra = ["source_file"] if "source_file" in landing.columns else []
+    exploded = landing.select(
+        "event_id",
+        "server_id",
+        F.col("ts").cast("timestamp").alias("ts"),
+        F.col("ingest_ts").cast("timestamp").alias("ingest_ts"),
+        *(F.col("tags").getItem(tag).alias(tag) for tag in TAG_COLUMNS),
+        *extra,
+        F.explode_outer("metrics").alias("metric", "value"),
+    )
+    return exploded.withColumns(
+        {"date": F.date_format("ts", "yyyy-MM-dd"), "hour": F.hour("ts").cast("int")}
+    )
+
+
+def _reason(metrics: Mapping[str, MetricSpec]) -> Column:
+    """Why a point breaks the contract (the first check that fails), or null."""
+    metric, value = F.col("metric"), F.col("value")
+    checks: list[tuple[Column, Column]] = [
+        (F.col("event_id").isNull(), F.lit("event_id is missing")),
+        (F.col("server_id").isNull(), F.lit("server_id is missing")),
+        (F.col("ts").isNull(), F.lit("ts is missing")),
+        (metric.isNull(), F.lit("payload has no metrics")),
+        (~metric.isin(list(metrics)), F.concat(F.lit("unknown metric "), metric)),
+        (value.isNull() | F.isnan(value), F.concat(metric, F.lit(" is not a number"))),
+        (value.isin(float("inf"), float("-inf")), F.concat(metric, F.lit(" is not finite"))),
+    ]
+    for name, spec in metrics.items():
+        if spec.min is not None:
+            checks.append(
+                ((metric == name) & (value < spec.min), F.lit(f"{name} below {spec.min:g}"))
+            )
+        if spec.max is not None:
+            checks.append(
+                ((metric == name) & (value > spec.max), F.lit(f"{name} above {spec.max:g}"))
+            )
+    reason = F.lit(None).cast("string")
+    for condition, message in reversed(checks):
+        reason = F.when(condition, message).otherwise(reason)
+    return reason
+
+
+def split_valid_points(
+    points: DataFrame, *, metrics: Mapping[str, MetricSpec]
+) -> tuple[DataFrame, DataFrame]:
+    """``(valid, rejected)``: rejected rows carry a ``reason``."""
+    checked = points.withColumn("reason", _reason(metrics))
+    valid = checked.where(F.col("reason").isNull()).drop("reason")
+    rejected = checked.where(F.col("reason").isNotNull())
+    return valid, rejected
+
+
+def dedupe_points(points: DataFrame) -> DataFrame:
+    """Keep one row per ``(event_id, metric)``: the first ingested (ties broken by every
+    other column, so the choice is the same on every run)."""
+    others = [c for c in points.columns if c not in ("event_id", "metric", "ingest_ts")]
+    first = F.min(F.struct("ingest_ts", *others)).alias("first")
+    return points.groupBy("event_id", "metric").agg(first).select("event_id", "metric", "first.*")
