@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from fleetlens.config import load_settings
 from fleetlens.lake.landing import LANDING_SCHEMA
+from spark_jobs.transforms.baseline import hourly_baseline
 from spark_jobs.transforms.points import (
     POINT_COLUMNS,
     dedupe_points,
@@ -130,3 +131,25 @@ def test_rollups_match_an_exact_reference_and_merge_upward(spark: SparkSession) 
 
     partitioned = with_partitions(hours).first()
     assert partitioned is not None and (partitioned.date, partitioned.hour) == ("2026-11-20", 13)
+
+
+def test_baseline_per_hour_of_week(spark: SparkSession) -> None:
+    monday = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # a Monday
+    rows = []
+    for week, mean in enumerate((10.0, 20.0, 30.0)):
+        for start, hour_mean in ((monday, mean), (monday + timedelta(days=6, hours=23), 50.0)):
+            rows.append(
+                {
+                    "window_start": start - timedelta(weeks=week),
+                    "server_id": "srv-1",
+                    "metric": "cpu_pct",
+                    "sum": hour_mean * 360,
+                    "count": 360,
+                }
+            )
+    frame = spark.createDataFrame(pa.Table.from_pylist(rows))
+    got = {r.hour_of_week: r for r in hourly_baseline(frame, computed_at=monday).collect()}
+    assert set(got) == {0, 167}
+    assert got[0]["mean"] == pytest.approx(20.0) and got[0]["stddev"] == pytest.approx(10.0)
+    assert got[0]["samples"] == 3 and got[0]["computed_at"] == monday.replace(tzinfo=None)
+    assert got[167]["mean"] == pytest.approx(50.0) and got[167]["stddev"] == pytest.approx(0.0)
