@@ -51,6 +51,12 @@ class Lake:
         """A URI below the root, for engines that open paths themselves (Spark, polars)."""
         return "/".join([self.root.rstrip("/"), *parts])
 
+    def uri_of(self, path: str) -> str:
+        """The URI of a path of ``self.fs`` (e.g. from a listing), for Spark or polars."""
+        if self.is_local:
+            return path
+        return f"{self.root.split('://', 1)[0]}://{path}"
+
     def write_bytes_atomically(self, path: str, data: bytes) -> None:
         """Write a small file so that readers see either the old or the new content, durably."""
         if not self.is_local:

@@ -6,10 +6,10 @@ import pyarrow as pa
 
 __all__ = [
     "BASELINE_SCHEMA",
+    "HOUR_PARTITIONS",
     "LATE_KEY",
     "QUARANTINE_SCHEMA",
     "RAW_POINTS_SCHEMA",
-    "HOUR_PARTITIONS",
     "ROLLUP_1D_SCHEMA",
     "ROLLUP_HOURLY_SCHEMA",
     "ROLLUP_SCHEMA",
@@ -68,7 +68,7 @@ SPEED_LATE_SCHEMA = pa.schema(
 LATE_KEY = ("topic", "partition", "window_start")
 
 #: ``raw_points`` (batch layer): one row per point, deduplicated on ``(event_id, metric)``,
-#: partitioned by ``date`` (the event's UTC day, ``YYYY-MM-DD``) and ``hour`` (``0``–``23``).
+#: partitioned by ``date`` (the event's UTC day, ``YYYY-MM-DD``) and ``hour`` (``0`` to ``23``).
 RAW_POINTS_SCHEMA = pa.schema(
     [
         pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -94,7 +94,8 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("metric", pa.string()),
         pa.field("value", pa.float64()),
         pa.field("reason", pa.string(), nullable=False),
-        pa.field("quarantined_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # When the row reached the lake (not when it was quarantined: reruns stay equal).
+        pa.field("ingest_ts", pa.timestamp("us", tz="UTC")),
         pa.field("date", pa.string(), nullable=False),
         pa.field("hour", pa.int32(), nullable=False),
     ]
@@ -127,7 +128,7 @@ WATERMARK_SCHEMA = pa.schema(
 )
 
 #: Partition columns of the hour-partitioned batch tables (``raw_points``, ``quarantine``,
-#: ``rollup_1m``, ``rollup_1h``): the UTC day ``YYYY-MM-DD`` and hour ``0``–``23`` of the
+#: ``rollup_1m``, ``rollup_1h``): the UTC day ``YYYY-MM-DD`` and hour ``0`` to ``23`` of the
 #: event time or window start. An hour is the unit the jobs recompute and replace.
 HOUR_PARTITIONS = ("date", "hour")
 
