@@ -227,6 +227,9 @@ class BatchSettings(_Section):
     baseline_weeks: int = Field(default=4, ge=1)
     #: Backfills are cut into chunks of this many hours, each committed on its own.
     backfill_chunk_hours: int = Field(default=24, ge=1)
+    #: How far back a scheduled run looks for late landing files and the partitions they
+    #: changed (the contract accepts events up to ``contract.max_age_s`` old).
+    late_lookback_hours: int = Field(default=168, ge=0)
     retention: RetentionSettings = RetentionSettings()
 
 
