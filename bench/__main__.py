@@ -30,8 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=["all", "collector", "archiver", "speed", "speed-delta"],
         default="all",
         help="which benchmark to run (default: all = collector, archiver, speed; speed-delta, "
-        "the cost of speed_1m's Delta upserts and of opening it after a day of commits, takes "
-        "~15 min and runs only on its own: python -m bench speed-delta, or python -m "
+        "the cost of speed_1m's Delta upserts and of opening it after a day of commits without a "
+        "broker, ~2 min, runs only on its own: python -m bench speed-delta, or python -m "
         "bench.speed_delta --help for its options)",
     )
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")

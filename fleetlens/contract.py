@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -135,6 +136,18 @@ class Validator:
         }
         self._tag_keys = frozenset(settings.tag_keys)
         self._decoder = msgspec.json.Decoder(_WirePayload)
+        # For the fast path of ``_check``: a finite value is in range iff low <= value <= high
+        # (NaN and infinities fail both comparisons or the finite bound, and then the detailed
+        # checks name the problem).
+        self._fast_ranges = {
+            name: (
+                -sys.float_info.max if low is None else low,
+                sys.float_info.max if high is None else high,
+            )
+            for name, (low, high) in self._metric_ranges.items()
+        }
+        self._max_future_ms = settings.max_future_skew_s * 1000
+        self._max_age_ms = settings.max_age_s * 1000
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -182,18 +195,52 @@ class Validator:
         return event
 
     def _check(self, wire: _WirePayload, *, now_ms: int, tenant: str | None) -> Event:
-        s = self._settings
+        """The configured rules. Valid payloads take the fast path; on the first doubt the
+        detailed checks run, which name the first violation."""
         ts_ms = _to_epoch_ms(wire.ts)
+        if not now_ms - self._max_age_ms <= ts_ms <= now_ms + self._max_future_ms:
+            self._check_ts(ts_ms, now_ms)
+        metrics = wire.metrics
+        if not metrics or len(metrics) > self._settings.max_metrics:
+            self._check_metrics(metrics)
+        ranges = self._fast_ranges
+        for name, value in metrics.items():
+            bounds = ranges.get(name)
+            if bounds is None or not bounds[0] <= value <= bounds[1]:
+                self._check_metrics(metrics)
+        if tenant is None:
+            tags = wire.tags  # the wire payload is not used after this
+        else:
+            tags = dict(wire.tags)
+            tags["tenant"] = tenant
+        if len(tags) > self._settings.max_tags or "tenant" not in tags:
+            self._check_tags(tags)
+        tag_keys, longest = self._tag_keys, self._settings.max_tag_value_length
+        for key, text in tags.items():
+            if key not in tag_keys or not text or len(text) > longest:
+                self._check_tags(tags)
+        return Event(
+            event_id=wire.event_id,
+            server_id=wire.server_id,
+            ts=ts_ms,
+            metrics=metrics,
+            tags=tags,
+        )
+
+    def _check_ts(self, ts_ms: int, now_ms: int) -> None:
+        s = self._settings
         if ts_ms > now_ms + s.max_future_skew_s * 1000:
             raise ContractViolation("ts", f"{ts_ms} is more than {s.max_future_skew_s:g} s ahead")
         if ts_ms < now_ms - s.max_age_s * 1000:
             raise ContractViolation("ts", f"{ts_ms} is older than {s.max_age_s:g} s")
 
-        if not wire.metrics:
+    def _check_metrics(self, metrics: dict[str, float]) -> None:
+        s = self._settings
+        if not metrics:
             raise ContractViolation("metrics", "at least one metric is required")
-        if len(wire.metrics) > s.max_metrics:
+        if len(metrics) > s.max_metrics:
             raise ContractViolation("metrics", f"more than {s.max_metrics} metrics")
-        for name, value in wire.metrics.items():
+        for name, value in metrics.items():
             bounds = self._metric_ranges.get(name)
             if bounds is None:
                 raise ContractViolation(f"metrics.{name}", "unknown metric")
@@ -204,9 +251,8 @@ class Validator:
                 upper = "" if high is None else high
                 raise ContractViolation(f"metrics.{name}", f"{value} outside [{low}, {upper}]")
 
-        tags = dict(wire.tags)
-        if tenant is not None:
-            tags["tenant"] = tenant
+    def _check_tags(self, tags: dict[str, str]) -> None:
+        s = self._settings
         if len(tags) > s.max_tags:
             raise ContractViolation("tags", f"more than {s.max_tags} tags")
         for key, text in tags.items():
@@ -218,13 +264,6 @@ class Validator:
                 )
         if "tenant" not in tags:
             raise ContractViolation("tags.tenant", "required")
-        return Event(
-            event_id=wire.event_id,
-            server_id=wire.server_id,
-            ts=ts_ms,
-            metrics=wire.metrics,
-            tags=tags,
-        )
 
 
 def _to_epoch_ms(ts: int | datetime) -> int:

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
 
 from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
@@ -42,25 +44,33 @@ LATE_TABLE = "speed_late_1m"
 
 def windows_to_table(windows: Sequence[ClosedWindow], *, emitted_at_ms: int) -> pa.Table:
     """Closed windows as rows of ``speed_1m``."""
-    quantiles = [w.aggregate.quantiles() for w in windows]
+    aggregates = [w.aggregate for w in windows]
+    finished = [a.finish() for a in aggregates]  # (sketch bytes, quantiles): one sketch each
+    tags = [w.tags for w in windows]
+    us = pa.timestamp("us", tz="UTC")
     columns: dict[str, Any] = {
-        "window_start": [w.window_start * 1000 for w in windows],
+        "window_start": _timestamps([w.window_start for w in windows], us),
         "server_id": [w.server_id for w in windows],
         "metric": [w.metric for w in windows],
-        **{tag: [w.tags.get(tag) for w in windows] for tag in TAG_COLUMNS},
-        "count": [w.aggregate.count for w in windows],
-        "sum": [w.aggregate.sum for w in windows],
-        "min": [w.aggregate.min for w in windows],
-        "max": [w.aggregate.max for w in windows],
-        "last": [w.aggregate.last for w in windows],
-        "last_ts": [w.aggregate.last_ts * 1000 for w in windows],
-        "sketch": [w.aggregate.sketch.serialize() for w in windows],
-        "p50": [q[0] for q in quantiles],
-        "p95": [q[1] for q in quantiles],
-        "p99": [q[2] for q in quantiles],
-        "emitted_at": [emitted_at_ms * 1000] * len(windows),
+        **{tag: [t.get(tag) for t in tags] for tag in TAG_COLUMNS},
+        "count": [a.count for a in aggregates],
+        "sum": [a.sum for a in aggregates],
+        "min": [a.min for a in aggregates],
+        "max": [a.max for a in aggregates],
+        "last": [a.last for a in aggregates],
+        "last_ts": _timestamps([a.last_ts for a in aggregates], us),
+        "sketch": [f[0] for f in finished],
+        "p50": [f[1][0] for f in finished],
+        "p95": [f[1][1] for f in finished],
+        "p99": [f[1][2] for f in finished],
+        "emitted_at": pa.array(np.full(len(windows), emitted_at_ms * 1000, np.int64)).cast(us),
     }
     return pa.Table.from_pydict(columns, schema=SPEED_1M_SCHEMA)
+
+
+def _timestamps(epoch_ms: list[int], unit: pa.DataType) -> pa.Array:
+    """Epoch milliseconds as a timestamp array of ``unit`` (microseconds)."""
+    return pa.array(np.asarray(epoch_ms, dtype=np.int64) * 1000).cast(unit)
 
 
 class SpeedTable:
@@ -138,6 +148,11 @@ class LateTable:
         return delta.maintain(self._lake, LATE_TABLE, retention_hours=_VACUUM_RETENTION_H)
 
 
+#: Rows converted to Python objects at a time by :meth:`Agg1mTopic.send` (bounds the memory
+#: of a large catch-up commit).
+_SEND_CHUNK_ROWS = 10_000
+
+
 class Agg1mTopic:
     """Final windows as JSON records on ``fleet.agg1m.v1``, keyed by server."""
 
@@ -146,20 +161,58 @@ class Agg1mTopic:
         self._topic = topic
         self._encoder = msgspec.json.Encoder()
         self._pending: list[Any] = []
+        self._record_type: type[msgspec.Struct] | None = None
+        #: server_id -> (key bytes, partition): the producer's default partitioner (murmur2 of
+        #: the key, as Java's), computed once per server instead of once per record.
+        self._keys: dict[str, tuple[bytes, int]] = {}
+        self._partitions: list[int] = []
+
+    def _key(self, server_id: str) -> tuple[bytes, int]:
+        key = server_id.encode()
+        partitions = self._partitions
+        self._keys[server_id] = found = (
+            key,
+            partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)],
+        )
+        return found
 
     def send(self, rows: pa.Table) -> None:
-        """Queue one record per row; :meth:`flush` makes them durable."""
-        for row in rows.to_pylist():
-            row["window_start"] = int(row["window_start"].timestamp() * 1000)
-            row["last_ts"] = int(row["last_ts"].timestamp() * 1000)
-            row["emitted_at"] = int(row["emitted_at"].timestamp() * 1000)
-            row["sketch"] = base64.b64encode(row["sketch"]).decode()
-            row["final"] = True
-            self._pending.append(
-                self._producer.send(
-                    self._topic, key=row["server_id"].encode(), value=self._encoder.encode(row)
-                )
-            )
+        """Queue one record per row; :meth:`flush` makes them durable.
+
+        A record is the row as a JSON object (columns in table order, then ``"final": true``)
+        with the timestamps in epoch milliseconds and the sketch in base64.
+        """
+        if not rows.num_rows:
+            return
+        if self._record_type is None:
+            fields: list[tuple[str, type]] = [(name, Any) for name in rows.schema.names]
+            self._record_type = msgspec.defstruct("Agg1mRecord", [*fields, ("final", bool)])
+        partitions = sorted(self._producer.partitions_for(self._topic))
+        if partitions != self._partitions:
+            self._partitions, self._keys = partitions, {}
+        for offset in range(0, rows.num_rows, _SEND_CHUNK_ROWS):
+            self._send_rows(rows.slice(offset, _SEND_CHUNK_ROWS))
+
+    def _send_rows(self, rows: pa.Table) -> None:
+        names = rows.schema.names
+        columns: list[list[Any]] = []
+        for name, column in zip(names, rows.columns, strict=True):
+            if pa.types.is_timestamp(column.type):
+                micros = column.cast(pa.int64()).to_numpy()
+                columns.append((micros // 1000).tolist())
+            elif name == "sketch":
+                columns.append([base64.b64encode(b).decode() for b in column.to_pylist()])
+            else:
+                columns.append(column.to_pylist())
+        columns.append([True] * rows.num_rows)
+        server_at = names.index("server_id")
+        assert self._record_type is not None
+        record, encode, send = self._record_type, self._encoder.encode, self._producer.send
+        keys, topic, pending = self._keys, self._topic, self._pending
+        for values in zip(*columns, strict=True):
+            server_id = values[server_at]
+            key, partition = keys.get(server_id) or self._key(server_id)
+            pending.append(send(topic, key=key, value=encode(record(*values)), partition=partition))
 
     def flush(self, timeout_s: float) -> None:
         """Block until every queued record is acknowledged (raises if one failed)."""

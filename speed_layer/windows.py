@@ -96,7 +96,8 @@ class PartitionWindows:
     duplicates: int = 0
     late_dropped: int = 0
     late_by_window: dict[int, int] = field(default_factory=dict)
-    _open: dict[int, dict[tuple[str, str], WindowAggregate]] = field(default_factory=dict)
+    #: window start -> server -> metric -> aggregate
+    _open: dict[int, dict[str, dict[str, WindowAggregate]]] = field(default_factory=dict)
     _tags: dict[int, dict[str, dict[str, str]]] = field(default_factory=dict)
     _dedup: Deduplicator | None = None
 
@@ -114,12 +115,14 @@ class PartitionWindows:
         """Fold one validated event into its window (or count it as duplicate or late)."""
         self.records += 1
         ts = event.ts
+        dedup = self._dedup
+        assert dedup is not None
         if self.records % 1024 == 0:
             # Counted in records, not time, so that a replay evicts at the same points.
-            self.dedup.evict(self.max_ts)
+            dedup.evict(self.max_ts)
             horizon = self.watermark - self.late_memory_ms
             self.late_by_window = {s: n for s, n in self.late_by_window.items() if s >= horizon}
-        if self.dedup.seen(event.event_id, ts):
+        if dedup.seen(event.event_id, ts):
             self.duplicates += 1
             return
         start = ts - ts % self.size_ms
@@ -134,13 +137,20 @@ class PartitionWindows:
             self._tags[start] = {}
         server = event.server_id
         self._tags[start][server] = event.tags
-        k = self.sketch_k
-        for metric, value in event.metrics.items():
-            aggregate = bucket.get((server, metric))
-            if aggregate is None:
-                bucket[(server, metric)] = WindowAggregate.initialize(value, ts, k=k)
-            else:
-                aggregate.add(value, ts)
+        aggregates = bucket.get(server)
+        if aggregates is None:
+            k = self.sketch_k
+            bucket[server] = {
+                metric: WindowAggregate(1, value, value, value, value, ts, k, [value])
+                for metric, value in event.metrics.items()
+            }
+        else:
+            for metric, value in event.metrics.items():
+                aggregate = aggregates.get(metric)
+                if aggregate is None:
+                    aggregates[metric] = WindowAggregate.initialize(value, ts, k=self.sketch_k)
+                else:
+                    aggregate.add(value, ts)
         if ts > self.max_ts:
             self.max_ts = ts
             self.watermark = max(self.watermark, ts - self.lateness_ms)
@@ -154,14 +164,20 @@ class PartitionWindows:
         closed: list[ClosedWindow] = []
         for start in sorted(s for s in self._open if s + self.size_ms <= self.watermark):
             tags = self._tags.pop(start)
-            for (server, metric), aggregate in self._open.pop(start).items():
-                closed.append(ClosedWindow(start, server, metric, tags[server], aggregate))
+            for server, aggregates in self._open.pop(start).items():
+                server_tags = tags[server]
+                closed.extend(
+                    ClosedWindow(start, server, metric, server_tags, aggregate)
+                    for metric, aggregate in aggregates.items()
+                )
         return closed
 
     @property
     def open_windows(self) -> int:
         """How many (server, metric, window) aggregates are open."""
-        return sum(len(bucket) for bucket in self._open.values())
+        return sum(
+            len(aggregates) for bucket in self._open.values() for aggregates in bucket.values()
+        )
 
     def to_state(self) -> dict[str, Any]:
         """Everything needed to resume exactly here, as plain data."""
@@ -173,7 +189,8 @@ class PartitionWindows:
             "open": [
                 (start, server, metric, aggregate.to_state())
                 for start, bucket in self._open.items()
-                for (server, metric), aggregate in bucket.items()
+                for server, aggregates in bucket.items()
+                for metric, aggregate in aggregates.items()
             ],
             "tags": [
                 (start, server, tags)
@@ -208,8 +225,8 @@ class PartitionWindows:
         restored.records, restored.duplicates, restored.late_dropped = state["counters"]
         restored.late_by_window = {int(s): int(n) for s, n in state["late_by_window"]}
         for start, server, metric, aggregate in state["open"]:
-            restored._open.setdefault(start, {})[(server, metric)] = WindowAggregate.from_state(
-                tuple(aggregate)
+            restored._open.setdefault(start, {}).setdefault(server, {})[metric] = (
+                WindowAggregate.from_state(tuple(aggregate), k=sketch_k)
             )
         for start, server, tags in state["tags"]:
             restored._tags.setdefault(start, {})[server] = tags

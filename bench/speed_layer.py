@@ -1,0 +1,238 @@
+"""Speed-layer throughput: ``python -m fleetlens speed run --exit-when-idle N`` over a full topic.
+
+The metrics topic is pre-filled with ``--speed-records`` canonical events of
+``--speed-servers`` simulated servers (6 metrics each, 10 s ticks in event-time order per
+partition, :func:`bench._topic.prefill`): several minutes of event time, so that most
+1-minute windows close and are emitted to Delta ``speed_1m`` and ``fleet.agg1m.v1``. Then, in
+the same run, on the same topic:
+
+* ``baseline``: a bare kafka-python consumer made by ``make_consumer`` (the speed layer's
+  consumer settings) reads the whole topic, only polling and JSON-decoding: the raw ceiling of
+  the client in one Python process.
+* ``speed layer``: the real ``fleetlens speed run`` child process, end to end (consume,
+  validate, dedup, window, sketch, emit, checkpoint). Its rate is ``records / busy_s`` (from
+  its stats: first record to the end of the commit after the last one), also from spawn to
+  exit minus the idle wait; peak RSS sampled with psutil and read exactly from ``wait4``.
+
+Then the outputs are checked: every record consumed, none to the DLQ, no duplicate nor late
+record (there are none on the topic); ``speed_1m`` holds as many distinct windows as were
+emitted, as many as ``fleet.agg1m.v1`` records; and the counts of the emitted windows plus the
+counts of the windows still open in the checkpoints add up to the points consumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from bench._common import Report, Scratch, fmt_cores, fmt_int, say
+from bench._topic import consume_baseline, log_ts, prefill, run_to_exit
+from fleetlens.kafka.clients import all_partitions, make_consumer
+from fleetlens.lake.paths import Lake
+from fleetlens.simulator.fleet import METRICS
+from speed_layer.checkpoint import CheckpointStore
+from speed_layer.sinks import SPEED_TABLE
+
+NA = "n/a"
+#: The goal of the issue, on this 2-core machine.
+GOAL_RECORDS_S = 30_000
+GOAL_SHARE_OF_CEILING = 0.8
+GOAL_RSS_BYTES = 500 * 10**6
+
+
+@dataclass
+class SpeedOptions:
+    """Knobs of the speed-layer benchmark (see ``python -m bench --help``)."""
+
+    records: int = 500_000
+    servers: int = 10_000
+    idle_s: float = 3.0
+    prefill_procs: int = 2
+    keep: bool = False
+    #: Run the child under cProfile and write the profile here.
+    profile: str | None = None
+
+
+def _steady_seconds(events: list[dict[str, Any]], records: int, idle_s: float) -> float:
+    """From ``speed.started`` to the end of the first commit that covered every record; when
+    that commit is the one of the idle exit, minus the idle wait that triggered it."""
+    started = next((e for e in events if e.get("event") == "speed.started"), None)
+    commits = [e for e in events if e.get("event") == "speed.committed"]
+    done = next((c for c in commits if c.get("records") == records), None)
+    if started is None or done is None:
+        return float("nan")
+    seconds = log_ts(done) - log_ts(started)
+    return seconds - idle_s if done is commits[-1] else seconds
+
+
+def _open_counts(scratch: Scratch) -> tuple[int, int]:
+    """(window aggregates still open, their summed counts) from the checkpoints."""
+    settings = scratch.settings
+    store = CheckpointStore(Lake(settings.lake), group=settings.speed.group_id)
+    topic = settings.kafka.topics.metrics.name
+    consumer = make_consumer(settings.kafka, group_id=None)
+    try:
+        partitions = [tp.partition for tp in all_partitions(consumer, topic)]
+    finally:
+        consumer.close()
+    aggregates = points = 0
+    for partition in partitions:
+        checkpoint = store.load(topic, partition)
+        if checkpoint is None:
+            continue
+        for _start, _server, _metric, aggregate in checkpoint.state["open"]:
+            aggregates += 1
+            points += int(aggregate[0])
+    return aggregates, points
+
+
+def _table_counts(scratch: Scratch) -> dict[str, int]:
+    """Rows, distinct keys, summed and largest ``count`` and distinct windows of speed_1m."""
+    uri = Lake(scratch.settings.lake).table_uri(SPEED_TABLE)
+    if not Path(uri).is_dir():
+        return {"rows": 0, "keys": 0, "count": 0, "max_count": 0, "windows": 0}
+    table = DeltaTable(uri).to_pyarrow_table(
+        columns=["server_id", "metric", "window_start", "count"]
+    )
+    keys = table.group_by(["server_id", "metric", "window_start"]).aggregate([]).num_rows
+    return {
+        "rows": table.num_rows,
+        "keys": keys,
+        "count": int(pc.sum(table["count"]).as_py() or 0),
+        "max_count": int(pc.max(table["count"]).as_py() or 0),
+        "windows": len(pc.unique(table["window_start"])),
+    }
+
+
+def run(options: SpeedOptions) -> Report:
+    """Run the speed-layer benchmark and return its table."""
+    report = Report(
+        title=(
+            f"Speed layer: {options.records:,} records pre-filled on the metrics topic "
+            f"({options.servers:,} servers x {len(METRICS)} metrics)"
+        ),
+        columns=[
+            "configuration",
+            "records/s",
+            "points/s",
+            "of ceiling",
+            "seconds",
+            "records",
+            "windows emitted",
+            "peak RSS",
+            "process CPU",
+            "broker CPU",
+            "other load",
+        ],
+    )
+    with Scratch("speed", keep=options.keep) as scratch:
+        on_topic = prefill(
+            scratch, records=options.records, servers=options.servers, procs=options.prefill_procs
+        )
+        poll_ms = scratch.settings.speed.poll_timeout_ms
+        say("baseline: bare consumer, poll + JSON decode (the raw ceiling)")
+        base = consume_baseline(scratch, on_topic, decode=True, poll_timeout_ms=poll_ms)
+        ceiling = base["rate"]
+        report.add(
+            "baseline: bare consumer (make_consumer), poll + JSON decode",
+            fmt_int(ceiling),
+            fmt_int(ceiling * len(METRICS)),
+            "100 %",
+            f"{base['seconds']:.1f}",
+            fmt_int(base["records"]),
+            NA,
+            NA,
+            fmt_cores(base["cpu"]),
+            fmt_cores(base["broker_cpu"]),
+            base["other_load"],
+        )
+
+        args = ["speed", "run", "--exit-when-idle", f"{options.idle_s:g}"]
+        python_args = ["-m", "cProfile", "-o", options.profile] if options.profile else []
+        say(f"speed layer: fleetlens {' '.join(args)}" + (" (cProfile)" if python_args else ""))
+        result = run_to_exit(scratch, "speed", args, idle_s=options.idle_s, python_args=python_args)
+        stats = result["stats"]
+        rss = result["peak_rss_exact"]
+        for label, seconds in (
+            ("speed layer, records / busy_s (first record to last commit)", stats["busy_s"]),
+            (
+                "speed layer, started to the commit after the last record, minus idle",
+                _steady_seconds(result["events"], stats["records"], options.idle_s),
+            ),
+            ("speed layer, spawn to exit minus idle", result["busy"]),
+        ):
+            rate = stats["records"] / seconds
+            report.add(
+                label,
+                fmt_int(rate),
+                fmt_int(stats["points"] / seconds),
+                f"{rate / ceiling * 100:.0f} %",
+                f"{seconds:.1f}",
+                fmt_int(stats["records"]),
+                fmt_int(stats["windows_closed"]),
+                f"{rss / 2**20:,.0f} MiB",
+                fmt_cores(result["cpu"]),
+                fmt_cores(result["broker_cpu"]),
+                result["other_load"],
+            )
+
+        table = _table_counts(scratch)
+        agg1m = scratch.topic_records(scratch.settings.kafka.topics.agg1m.name)
+        open_aggregates, open_points = _open_counts(scratch)
+        checks = {
+            "records": stats["records"] == on_topic,
+            "points": stats["points"] == on_topic * len(METRICS),
+            "clean": stats["dlq"] == stats["duplicates"] == stats["late_dropped"] == 0,
+            "emitted": table["rows"] == table["keys"] == stats["windows_closed"] > 0,
+            "agg1m": agg1m == stats["windows_closed"],
+            "counts": table["count"] + open_points == stats["points"],
+            "plausible": 0 < table["max_count"] <= 60 // 10,
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        report.notes.append(
+            ("✓ " if not failed else f"✗ MISMATCH ({', '.join(failed)}): ")
+            + f"records on topic {on_topic:,}; the speed layer consumed {stats['records']:,} "
+            f"({stats['points']:,} points), {stats['dlq']} to the DLQ, "
+            f"{stats['duplicates']} duplicates, {stats['late_dropped']} late; emitted "
+            f"{stats['windows_closed']:,} windows in {stats['commits']} commits; speed_1m holds "
+            f"{table['rows']:,} rows ({table['keys']:,} distinct keys, {table['windows']} "
+            f"minutes, at most {table['max_count']} samples a window), fleet.agg1m.v1 "
+            f"{agg1m:,} records; counts in speed_1m {table['count']:,} + in the "
+            f"{open_aggregates:,} windows still open {open_points:,} = "
+            f"{table['count'] + open_points:,} points"
+        )
+        commits = [e for e in result["events"] if e.get("event") == "speed.committed"]
+        interval = scratch.settings.speed.checkpoint_interval_s
+        report.notes.append(
+            f"speed layer: wall {result['wall']:.1f} s from spawn to exit, of which "
+            f"{options.idle_s:g} s idle wait; busy_s {stats['busy_s']:.1f} s, of which "
+            f"{sum(float(c.get('seconds', 0)) for c in commits):.1f} s in {len(commits)} "
+            f"commits (sinks then checkpoints; checkpoint_interval_s {interval:g}); peak RSS "
+            f"{rss / 2**20:,.0f} MiB exact (wait4), {result['peak_rss_sampled'] / 2**20:,.0f} "
+            "MiB sampled every 50 ms (psutil)"
+        )
+        speed_rate = stats["records"] / stats["busy_s"]
+        goals = [
+            (f"≥ {GOAL_RECORDS_S:,} records/s", speed_rate >= GOAL_RECORDS_S),
+            (
+                f"≥ {GOAL_SHARE_OF_CEILING:.0%} of the ceiling",
+                speed_rate >= GOAL_SHARE_OF_CEILING * ceiling,
+            ),
+            (f"RSS < {GOAL_RSS_BYTES / 10**6:.0f} MB", rss < GOAL_RSS_BYTES),
+        ]
+        report.notes.append(
+            "goal (records / busy_s): "
+            + "; ".join(f"{text} {'met' if ok else 'NOT met'}" for text, ok in goals)
+        )
+        report.notes.append(
+            "process CPU: share of one core over the measured seconds (100 % = one core); the "
+            "speed layer's is its total CPU time (wait4) over spawn-to-exit minus idle; other "
+            "load: CPU used meanwhile by processes this benchmark did not start, and steal"
+        )
+        if options.profile:
+            report.notes.append(f"the speed layer ran under cProfile: {options.profile}")
+    return report
