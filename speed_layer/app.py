@@ -242,6 +242,7 @@ class _Loop:
         self.last_commit_at = now
         self.last_housekeeping_at = -float("inf")
         self.first_record_at: float | None = None
+        self.last_batch_done_at = 0.0
         self.uncommitted_records = False
 
     def run(self, stop: threading.Event, exit_when_idle_s: float | None) -> None:
@@ -255,10 +256,13 @@ class _Loop:
                     self.first_record_at = now
                 self.uncommitted_records = True
                 self._process(batch, now)
+                self.last_batch_done_at = time.monotonic()
             self._advance_idle(now)
             for state in self.states.values():
                 self.pending.extend(state.close_ready())
-            if now - self.last_commit_at >= self.cfg.checkpoint_interval_s:
+            # A catch-up closes windows faster than the interval drains them: bound the backlog.
+            due = now - self.last_commit_at >= self.cfg.checkpoint_interval_s
+            if due or len(self.pending) >= self.cfg.max_pending_windows:
                 self.commit()
             self.metrics.checkpoint_age.set(time.monotonic() - self.last_commit_at)
             if exit_when_idle_s is not None and now - last_any >= exit_when_idle_s:
@@ -357,7 +361,9 @@ class _Loop:
         elapsed = time.perf_counter() - started
         self.last_commit_at = time.monotonic()
         if self.uncommitted_records and self.first_record_at is not None:
-            self.stats.busy_s = round(self.last_commit_at - self.first_record_at, 3)
+            # Processing time up to the last batch, plus this commit (not any idle wait).
+            busy = self.last_batch_done_at - self.first_record_at + elapsed
+            self.stats.busy_s = round(busy, 3)
             self.uncommitted_records = False
         self.stats.commits += 1
         self.metrics.checkpoint_seconds.observe(elapsed)

@@ -32,8 +32,10 @@ from speed_layer.windows import ClosedWindow
 __all__ = [
     "LATE_TABLE",
     "SPEED_TABLE",
+    "Agg1mRecord",
     "Agg1mTopic",
     "LateTable",
+    "MetricWindow",
     "SpeedTable",
     "windows_to_table",
 ]
@@ -153,15 +155,51 @@ class LateTable:
 _SEND_CHUNK_ROWS = 10_000
 
 
+class MetricWindow(msgspec.Struct):
+    """One metric's aggregate inside an :class:`Agg1mRecord` (timestamps in epoch ms)."""
+
+    count: int
+    sum: float
+    min: float
+    max: float
+    last: float
+    last_ts: int
+    sketch: str  # base64 of the KLL sketch (DataSketches format)
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class Agg1mRecord(msgspec.Struct):
+    """A record of ``fleet.agg1m.v1``: one server's closed window, all its metrics.
+
+    Keyed by ``server_id``; ``(server_id, window_start)`` identifies it, so a consumer keeps
+    the latest record per pair (a restarted speed layer may send a window again).
+    """
+
+    server_id: str
+    window_start: int
+    tenant: str | None
+    region: str | None
+    env: str | None
+    service: str | None
+    cluster: str | None
+    emitted_at: int
+    final: bool
+    metrics: dict[str, MetricWindow]
+
+
+_METRIC_FIELDS = tuple(MetricWindow.__struct_fields__)
+
+
 class Agg1mTopic:
-    """Final windows as JSON records on ``fleet.agg1m.v1``, keyed by server."""
+    """Final windows as JSON records on ``fleet.agg1m.v1``, one per server and window."""
 
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
         self._producer = producer
         self._topic = topic
         self._encoder = msgspec.json.Encoder()
         self._pending: list[Any] = []
-        self._record_type: type[msgspec.Struct] | None = None
         #: server_id -> (key bytes, partition): the producer's default partitioner (murmur2 of
         #: the key, as Java's), computed once per server instead of once per record.
         self._keys: dict[str, tuple[bytes, int]] = {}
@@ -177,42 +215,61 @@ class Agg1mTopic:
         return found
 
     def send(self, rows: pa.Table) -> None:
-        """Queue one record per row; :meth:`flush` makes them durable.
-
-        A record is the row as a JSON object (columns in table order, then ``"final": true``)
-        with the timestamps in epoch milliseconds and the sketch in base64.
-        """
+        """Queue one :class:`Agg1mRecord` per server and window of ``rows`` (``speed_1m``
+        rows); :meth:`flush` makes them durable."""
         if not rows.num_rows:
             return
-        if self._record_type is None:
-            fields: list[tuple[str, type]] = [(name, Any) for name in rows.schema.names]
-            self._record_type = msgspec.defstruct("Agg1mRecord", [*fields, ("final", bool)])
         partitions = sorted(self._producer.partitions_for(self._topic))
         if partitions != self._partitions:
             self._partitions, self._keys = partitions, {}
+        rows = rows.sort_by([("server_id", "ascending"), ("window_start", "ascending")])
+        record = None
         for offset in range(0, rows.num_rows, _SEND_CHUNK_ROWS):
-            self._send_rows(rows.slice(offset, _SEND_CHUNK_ROWS))
+            # A server's window may straddle two chunks: its record is carried over.
+            record = self._send_rows(rows.slice(offset, _SEND_CHUNK_ROWS), record)
+        if record is not None:
+            self._send(record)
 
-    def _send_rows(self, rows: pa.Table) -> None:
-        names = rows.schema.names
-        columns: list[list[Any]] = []
-        for name, column in zip(names, rows.columns, strict=True):
+    def _send(self, record: Agg1mRecord) -> None:
+        key, partition = self._keys.get(record.server_id) or self._key(record.server_id)
+        self._pending.append(
+            self._producer.send(
+                self._topic, key=key, value=self._encoder.encode(record), partition=partition
+            )
+        )
+
+    def _send_rows(self, rows: pa.Table, record: Agg1mRecord | None) -> Agg1mRecord | None:
+        """Send the complete records of ``rows``; return the last, perhaps incomplete, one."""
+        columns: dict[str, list[Any]] = {}
+        for name, column in zip(rows.schema.names, rows.columns, strict=True):
             if pa.types.is_timestamp(column.type):
-                micros = column.cast(pa.int64()).to_numpy()
-                columns.append((micros // 1000).tolist())
+                columns[name] = (column.cast(pa.int64()).to_numpy() // 1000).tolist()
             elif name == "sketch":
-                columns.append([base64.b64encode(b).decode() for b in column.to_pylist()])
+                columns[name] = [base64.b64encode(b).decode() for b in column.to_pylist()]
             else:
-                columns.append(column.to_pylist())
-        columns.append([True] * rows.num_rows)
-        server_at = names.index("server_id")
-        assert self._record_type is not None
-        record, encode, send = self._record_type, self._encoder.encode, self._producer.send
-        keys, topic, pending = self._keys, self._topic, self._pending
-        for values in zip(*columns, strict=True):
-            server_id = values[server_at]
-            key, partition = keys.get(server_id) or self._key(server_id)
-            pending.append(send(topic, key=key, value=encode(record(*values)), partition=partition))
+                columns[name] = column.to_pylist()
+        servers, starts, names = columns["server_id"], columns["window_start"], columns["metric"]
+        per_metric = zip(*(columns[f] for f in _METRIC_FIELDS), strict=True)
+        tenant, region, env = columns["tenant"], columns["region"], columns["env"]
+        service, cluster, emitted = columns["service"], columns["cluster"], columns["emitted_at"]
+        for i, values in enumerate(per_metric):
+            if record is None or servers[i] != record.server_id or starts[i] != record.window_start:
+                if record is not None:
+                    self._send(record)
+                record = Agg1mRecord(
+                    server_id=servers[i],
+                    window_start=starts[i],
+                    tenant=tenant[i],
+                    region=region[i],
+                    env=env[i],
+                    service=service[i],
+                    cluster=cluster[i],
+                    emitted_at=emitted[i],
+                    final=True,
+                    metrics={},
+                )
+            record.metrics[names[i]] = MetricWindow(*values)
+        return record
 
     def flush(self, timeout_s: float) -> None:
         """Block until every queued record is acknowledged (raises if one failed)."""

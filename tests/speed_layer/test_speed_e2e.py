@@ -76,6 +76,19 @@ def read_back(settings: Settings) -> dict[int, list[dict[str, Any]]]:
     return out
 
 
+def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    consumer = make_consumer(settings.kafka, group_id=None)
+    partitions = all_partitions(consumer, topic)
+    ends = log_end_offsets(consumer, partitions)
+    consumer.seek_to_beginning(*partitions)
+    out: list[dict[str, Any]] = []
+    while any(consumer.position(tp) < ends[tp] for tp in partitions):
+        for records in consumer.poll(timeout_ms=500).values():
+            out += [msgspec.json.decode(r.value) for r in records]
+    consumer.close()
+    return out
+
+
 def read_dead_letters(settings: Settings) -> list[dict[str, Any]]:
     consumer = make_consumer(settings.kafka, group_id=None)
     partitions = all_partitions(consumer, settings.kafka.topics.dlq.name)
@@ -185,6 +198,19 @@ def test_closed_windows_equal_an_independent_reference(
             assert low - slack <= q <= high + slack, (q, estimate, row[3])
     # Tags travel with the windows.
     assert got["tenant"].null_count() == 0 and got["service"].null_count() == 0
+    # fleet.agg1m.v1 carries the same windows: one record per server and minute.
+    records = read_topic(settings, settings.kafka.topics.agg1m.name)
+    flat = {
+        (r["server_id"], metric, r["window_start"]): (m["count"], m["sum"], m["p99"])
+        for r in records
+        for metric, m in r["metrics"].items()
+    }
+    assert len(records) == got.select("server_id", "window_start").n_unique()
+    assert flat == {
+        (row[0], row[1], row[2]): (row[3], row[4], row[5])
+        for row in got.select(*KEY, "count", "sum", "p99").iter_rows()
+    }
+    assert all(r["final"] and r["tenant"] for r in records)
 
 
 def run_to_idle(name: str, env: dict[str, str], tmp_path: Path, *extra: str) -> None:
