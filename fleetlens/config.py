@@ -233,6 +233,8 @@ class BatchSettings(_Section):
     #: How far back a scheduled run looks for late landing files and the partitions they
     #: changed (the contract accepts events up to ``contract.max_age_s`` old).
     late_lookback_hours: int = Field(default=168, ge=0)
+    #: The quality job fails an interval whose newest point is older than this at its end.
+    freshness_minutes: int = Field(default=15, ge=1)
     retention: RetentionSettings = RetentionSettings()
 
 

@@ -28,10 +28,12 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective confi
 broker_app = typer.Typer(no_args_is_help=True, help="The embedded Kafka broker (Tansu).")
 speed_app = typer.Typer(no_args_is_help=True, help="The speed layer: live window aggregates.")
 simulate_app = typer.Typer(no_args_is_help=True, help="Simulated fleets: live or history.")
+spark_app = typer.Typer(no_args_is_help=True, help="The batch layer's Spark jobs.")
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(speed_app, name="speed")
+app.add_typer(spark_app, name="spark")
 
 console = Console(stderr=True)
 
@@ -212,6 +214,52 @@ def speed_run(
     _stop_on_signals(stop)
     stats = SpeedLayer(settings, registry=REGISTRY).run(stop=stop, exit_when_idle_s=exit_when_idle)
     print(json.dumps(vars(stats)))
+
+
+# -- spark --------------------------------------------------------------------------------
+
+
+def _hour(text: str) -> datetime:
+    """An hour-aligned UTC instant from ISO 8601 (``2026-11-20T13:00:00Z``)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise typer.BadParameter(f"{text!r} is not an ISO 8601 time") from error
+    if moment.tzinfo is None:
+        raise typer.BadParameter(f"{text!r} has no time zone; write e.g. 2026-11-20T13:00:00Z")
+    moment = moment.astimezone(UTC)
+    if (moment.minute, moment.second, moment.microsecond) != (0, 0, 0):
+        raise typer.BadParameter(f"{text!r} is not on an hour boundary")
+    return moment
+
+
+@spark_app.command("run")
+def spark_run(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="Job name (see `fleetlens spark jobs`).")],
+    start: Annotated[str, typer.Option(help="Interval start, hour-aligned ISO 8601 UTC.")],
+    end: Annotated[str, typer.Option(help="Interval end (exclusive), hour-aligned.")],
+    force: Annotated[
+        bool, typer.Option(help="Recompute every partition of the interval, changed or not.")
+    ] = False,
+) -> None:
+    """Run one batch job over [start, end); prints one JSON line with what it did."""
+    from spark_jobs.runner import run_cli_job
+
+    begin, finish = _hour(start), _hour(end)
+    if finish <= begin:
+        raise typer.BadParameter("--end must be after --start", param_hint="--end")
+    result = run_cli_job(_settings(ctx), job, begin, finish, force=force)
+    print(json.dumps(result, default=str))
+
+
+@spark_app.command("jobs")
+def spark_jobs_list() -> None:
+    """List the batch jobs."""
+    from spark_jobs.runner import job_names
+
+    for name in job_names():
+        print(name)
 
 
 # -- simulate -------------------------------------------------------------------------------
