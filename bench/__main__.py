@@ -1,4 +1,4 @@
-"""``python -m bench [all|collector|archiver|speed|speed-delta] [options]``: the benchmarks."""
+"""``python -m bench [WHICH] [options]``: the benchmarks (``--help`` lists them)."""
 
 from __future__ import annotations
 
@@ -27,12 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "which",
         nargs="?",
-        choices=["all", "collector", "archiver", "speed", "speed-delta"],
+        choices=["all", "collector", "archiver", "speed", "speed-delta", "batch"],
         default="all",
         help="which benchmark to run (default: all = collector, archiver, speed; speed-delta, "
         "the cost of speed_1m's Delta upserts and of opening it after a day of commits without a "
         "broker, ~2 min, runs only on its own: python -m bench speed-delta, or python -m "
-        "bench.speed_delta --help for its options)",
+        "bench.speed_delta --help for its options; batch, one simulated hour of 10,000 servers "
+        "through compact and the rollups beside a bare Spark group-by and polars, ~4 min, "
+        "also only on its own: python -m bench.batch --help)",
     )
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     parser.add_argument(
@@ -186,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.speed_delta import main as run_speed_delta
 
         run_speed_delta(["--markdown"] if args.markdown else [])
+    if args.which == "batch":
+        from bench.batch import main as run_batch
+
+        run_batch(["--markdown"] if args.markdown else [])
     say(f"done in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -37,9 +37,13 @@ def run_cli_job(
     if job not in JOB_NAMES:
         raise ValueError(f"unknown job {job!r}; jobs: {', '.join(JOB_NAMES)}")
     from fleetlens.lake.paths import Lake
+    from spark_jobs.delta_io import resolve_mode
     from spark_jobs.jobs import JobContext, run_job
     from spark_jobs.session import build_session
 
     spark = build_session(settings, app_name=f"fleetlens-{job}")
     context = JobContext(settings=settings, spark=spark, lake=Lake(settings.lake), force=force)
-    return asdict(run_job(context, job, start, end))
+    result = asdict(run_job(context, job, start, end))
+    # Where it ran: spark-submit's --master wins over the settings' spark.master.
+    result["spark"] = {"master": spark.sparkContext.master, "delta_mode": resolve_mode(spark)}
+    return result

@@ -3,7 +3,6 @@ point every component at that broker, at topics of their own and at a scratch la
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +12,7 @@ import pytest
 from fleetlens.config import Settings, load_settings
 from fleetlens.kafka.broker import EmbeddedBroker
 from fleetlens.kafka.clients import ensure_topics
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from ports import free_port
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import free_port
+from ports import free_port
 
 FLEETLENS = str(Path(sys.executable).with_name("fleetlens"))
 

@@ -10,10 +10,10 @@ import pytest
 import tenacity
 from fastapi.testclient import TestClient
 
-from conftest import free_port
 from fleetlens.config import Settings, load_settings
 from fleetlens.ingest.collector import create_app
 from fleetlens.kafka.broker import EmbeddedBroker
+from ports import free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

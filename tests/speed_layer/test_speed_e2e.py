@@ -22,7 +22,6 @@ import pytest
 from datasketches import kll_doubles_sketch
 from deltalake import DeltaTable
 
-from conftest import free_port
 from fleetlens.config import Settings, load_settings
 from fleetlens.demo import ServiceProcess
 from fleetlens.kafka.clients import all_partitions, log_end_offsets, make_consumer, make_producer
@@ -30,6 +29,7 @@ from fleetlens.kafka.dlq import read_dlq_headers
 from fleetlens.simulator.fleet import Fleet, FleetSpec
 from fleetlens.simulator.live import FaultSpec
 from fleetlens.simulator.stream import simulated_stream
+from ports import free_port
 from speed_layer.app import SpeedLayer
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
