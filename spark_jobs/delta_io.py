@@ -198,6 +198,7 @@ def replace_partitions(
     *,
     partition_by: Sequence[str],
     partitions: Sequence[Partition],
+    sort_by: Sequence[str] = (),
     mode: DeltaMode | None = None,
 ) -> int:
     """Replace the rows of ``partitions`` with the rows of ``df``, in one commit.
@@ -215,6 +216,8 @@ def replace_partitions(
         partition_by: The table's partition columns, checked against the table.
         partitions: The partitions replaced, each with a value for every partition column,
             e.g. ``{"date": "2026-11-20", "hour": 13}``.
+        sort_by: Columns each data file is sorted by (after the partition columns), for
+            readers that filter on them.
         mode: Commit mode; :func:`resolve_mode` when None.
 
     Returns:
@@ -238,8 +241,10 @@ def replace_partitions(
     specs = _partition_specs(partitions, columns)
     frame = _conform(df, _arrow_schema(table), name)
     if resolve_mode(spark, mode=mode) == "native":
-        return _write_native(frame, lake, name, partition_by=columns, where=_sql_condition(specs))
-    return _write_delta_rs(frame, lake, name, table=table, specs=specs)
+        return _write_native(
+            frame, lake, name, partition_by=columns, sort_by=sort_by, where=_sql_condition(specs)
+        )
+    return _write_delta_rs(frame, lake, name, table=table, specs=specs, sort_by=sort_by)
 
 
 def overwrite(
@@ -248,6 +253,7 @@ def overwrite(
     lake: Lake,
     name: str,
     *,
+    sort_by: Sequence[str] = (),
     mode: DeltaMode | None = None,
 ) -> int:
     """Replace the whole table's rows with ``df``'s, in one commit (e.g. a baseline).
@@ -263,8 +269,10 @@ def overwrite(
     table = delta.open_table(lake, name)
     frame = _conform(df, _arrow_schema(table), name)
     if resolve_mode(spark, mode=mode) == "native":
-        return _write_native(frame, lake, name, partition_by=_partition_columns(table))
-    return _write_delta_rs(frame, lake, name, table=table, specs=None)
+        return _write_native(
+            frame, lake, name, partition_by=_partition_columns(table), sort_by=sort_by
+        )
+    return _write_delta_rs(frame, lake, name, table=table, specs=None, sort_by=sort_by)
 
 
 # -- native -------------------------------------------------------------------------------
@@ -276,11 +284,12 @@ def _write_native(
     name: str,
     *,
     partition_by: list[str],
+    sort_by: Sequence[str] = (),
     where: str | None = None,
 ) -> int:
     write_id = uuid.uuid4().hex
     writer = (
-        (frame.repartition(*partition_by) if partition_by else frame)
+        _clustered(frame, partition_by, sort_by)
         .write.format("delta")
         .mode("overwrite")
         .option("maxRecordsPerFile", MAX_RECORDS_PER_FILE)
@@ -310,6 +319,7 @@ def _write_delta_rs(
     *,
     table: DeltaTable,
     specs: list[dict[str, str | None]] | None,
+    sort_by: Sequence[str] = (),
 ) -> int:
     """Stage with Spark, move into the table, commit adds and removes in one transaction.
 
@@ -323,7 +333,7 @@ def _write_delta_rs(
     # Each write has its own output folder, so that concurrent writes to the table do not
     # share Spark's _temporary folder; staged there, no reader sees the files.
     writer = (
-        (frame.repartition(*columns) if columns else frame)
+        _clustered(frame, columns, sort_by)
         .write.mode("errorifexists")
         .option("maxRecordsPerFile", MAX_RECORDS_PER_FILE)
         # No _SUCCESS marker: the staging folder is deleted anyway.
@@ -585,6 +595,18 @@ def _timestamp_json(value: datetime, *, up: bool) -> str:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _clustered(frame: DataFrame, partition_by: Sequence[str], sort_by: Sequence[str]) -> DataFrame:
+    """Each task's rows sorted by partition, then by ``sort_by``.
+
+    No shuffle into one task per partition: an hour of raw points is written by every core,
+    one file per task and partition (compaction merges small files later). The sort is
+    the one Spark's partitioned writer needs anyway, extended by ``sort_by`` so that each
+    file's row groups cover narrow ranges of it (a reader of one server skips the rest).
+    """
+    columns = [*partition_by, *(c for c in sort_by if c not in partition_by)]
+    return frame.sortWithinPartitions(*columns) if columns else frame
 
 
 def _arrow_schema(table: DeltaTable) -> pa.Schema:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import Observation, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
@@ -37,7 +37,7 @@ from spark_jobs.control import HourPartition
 from spark_jobs.transforms.baseline import hourly_baseline
 from spark_jobs.transforms.points import (
     POINT_COLUMNS,
-    dedupe_points,
+    first_copies,
     landing_to_points,
     split_valid_points,
 )
@@ -141,9 +141,12 @@ def compact(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     landing = ctx.spark.read.parquet(*(ctx.lake.uri_of(f.path) for f in inputs)).withColumn(
         "source_file", F.input_file_name()
     )
-    points = landing_to_points(landing)
-    valid, rejected = split_valid_points(points, metrics=ctx.settings.contract.metrics)
-    raw = dedupe_points(valid).select(*POINT_COLUMNS)
+    points = landing_to_points(first_copies(landing))
+    checked = Observation("compact")
+    valid, rejected = split_valid_points(
+        points, metrics=ctx.settings.contract.metrics, observation=checked
+    )
+    raw = valid.select(*POINT_COLUMNS)
     quarantine = rejected.select(
         "source_file",
         "event_id",
@@ -158,8 +161,18 @@ def compact(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     )
     values = _partition_values(hours)
     result.rows[RAW_POINTS] = delta_io.replace_partitions(
-        ctx.spark, raw, ctx.lake, RAW_POINTS, partition_by=HOUR_PARTITIONS, partitions=values
+        ctx.spark,
+        raw,
+        ctx.lake,
+        RAW_POINTS,
+        partition_by=HOUR_PARTITIONS,
+        partitions=values,
+        sort_by=("server_id", "metric", "ts"),
     )
+    # The landing zone holds what the archiver validated: rejects are rare, and reading the
+    # hours again for them is only worth it when the raw write counted some.
+    if not checked.get.get("rejected"):
+        quarantine = quarantine.limit(0)
     result.rows[QUARANTINE] = delta_io.replace_partitions(
         ctx.spark,
         quarantine,
@@ -188,27 +201,33 @@ def _stale(
     )
 
 
+#: How rollup files are sorted within a partition: by series, then time.
+_SERIES_ORDER = ("server_id", "metric", "window_start")
+
+
 def _rollup_hourly(
-    ctx: JobContext, target: str, grain: str, start: datetime, end: datetime
+    ctx: JobContext, source: str, target: str, start: datetime, end: datetime
 ) -> JobResult:
     result = JobResult(target, start.isoformat(), end.isoformat())
-    ctx.table(RAW_POINTS)
+    ctx.table(source)
     ctx.table(target)
-    stale = _stale(ctx, RAW_POINTS, target, start, end, daily=False)
+    stale = _stale(ctx, source, target, start, end, daily=False)
     result.partitions[target] = _labels(stale)
     if not stale:
         return result
-    points = delta_io.read_table(ctx.spark, ctx.lake, RAW_POINTS).where(_where(stale))
-    rolled = with_partitions(
-        rollup_points(points, grain=grain, sketch_k=ctx.settings.batch.sketch_k)  # type: ignore[arg-type]
-    )
+    rows = delta_io.read_table(ctx.spark, ctx.lake, source).where(_where(stale))
+    if source == RAW_POINTS:
+        rolled = rollup_points(rows, grain="minute", sketch_k=ctx.settings.batch.sketch_k)
+    else:
+        rolled = rollup_rollups(rows, grain="hour")
     result.rows[target] = delta_io.replace_partitions(
         ctx.spark,
-        rolled,
+        with_partitions(rolled),
         ctx.lake,
         target,
         partition_by=HOUR_PARTITIONS,
         partitions=_partition_values(stale),
+        sort_by=_SERIES_ORDER,
     )
     control.mark_partitions(ctx.lake, target, stale, run_id=ctx.run_id)
     return result
@@ -216,12 +235,13 @@ def _rollup_hourly(
 
 def rollup_1m(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     """``raw_points`` → ``rollup_1m`` for the hours whose points changed."""
-    return _rollup_hourly(ctx, ROLLUP_1M, "minute", start, end)
+    return _rollup_hourly(ctx, RAW_POINTS, ROLLUP_1M, start, end)
 
 
 def rollup_1h(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
-    """``raw_points`` → ``rollup_1h`` for the hours whose points changed."""
-    return _rollup_hourly(ctx, ROLLUP_1H, "hour", start, end)
+    """``rollup_1m`` → ``rollup_1h`` (sums, extremes and sketches merged) for the hours whose
+    minutes changed: 60 rows per window instead of every point."""
+    return _rollup_hourly(ctx, ROLLUP_1M, ROLLUP_1H, start, end)
 
 
 def rollup_1d(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
@@ -242,6 +262,7 @@ def rollup_1d(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
         ROLLUP_1D,
         partition_by=("date",),
         partitions=_partition_values(days),
+        sort_by=_SERIES_ORDER,
     )
     control.mark_partitions(ctx.lake, ROLLUP_1D, days, run_id=ctx.run_id)
     return result
@@ -426,7 +447,7 @@ def watermark(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     problems: list[str] = []
     for source, target in (
         (RAW_POINTS, ROLLUP_1M),
-        (RAW_POINTS, ROLLUP_1H),
+        (ROLLUP_1M, ROLLUP_1H),
         (RAW_POINTS, _verified(RAW_POINTS)),
         (ROLLUP_1M, _verified(ROLLUP_1M)),
         (ROLLUP_1H, _verified(ROLLUP_1H)),

@@ -1,16 +1,16 @@
-"""Landing payloads to points: explode, check against the contract, deduplicate."""
+"""Landing payloads to points: deduplicate, explode, check against the contract."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 from fleetlens.config import MetricSpec
 from fleetlens.lake.schemas import RAW_POINTS_SCHEMA, TAG_COLUMNS
 
-__all__ = ["POINT_COLUMNS", "dedupe_points", "landing_to_points", "split_valid_points"]
+__all__ = ["POINT_COLUMNS", "first_copies", "landing_to_points", "split_valid_points"]
 
 #: The columns of ``raw_points``, in table order.
 POINT_COLUMNS = tuple(RAW_POINTS_SCHEMA.names)
@@ -62,18 +62,37 @@ def _reason(metrics: Mapping[str, MetricSpec]) -> Column:
 
 
 def split_valid_points(
-    points: DataFrame, *, metrics: Mapping[str, MetricSpec]
+    points: DataFrame,
+    *,
+    metrics: Mapping[str, MetricSpec],
+    observation: Observation | None = None,
 ) -> tuple[DataFrame, DataFrame]:
-    """``(valid, rejected)``: rejected rows carry a ``reason``."""
+    """``(valid, rejected)``: rejected rows carry a ``reason``. With ``observation``, the
+    first action on ``valid`` also counts the rejected rows (as ``rejected``), so a caller
+    can skip computing ``rejected`` when there are none."""
     checked = points.withColumn("reason", _reason(metrics))
+    if observation is not None:
+        checked = checked.observe(
+            observation, F.count_if(F.col("reason").isNotNull()).alias("rejected")
+        )
     valid = checked.where(F.col("reason").isNull()).drop("reason")
     rejected = checked.where(F.col("reason").isNotNull())
     return valid, rejected
 
 
-def dedupe_points(points: DataFrame) -> DataFrame:
-    """Keep one row per ``(event_id, metric)``: the first ingested (ties broken by every
-    other column, so the choice is the same on every run)."""
-    others = [c for c in points.columns if c not in ("event_id", "metric", "ingest_ts")]
-    first = F.min(F.struct("ingest_ts", *others)).alias("first")
-    return points.groupBy("event_id", "metric").agg(first).select("event_id", "metric", "first.*")
+def first_copies(landing: DataFrame) -> DataFrame:
+    """One landing row per ``event_id``: the first ingested copy (ties broken by Kafka
+    partition and offset, then the rest), so that every ``(event_id, metric)`` is kept once
+    and a resent payload counts once, as in the speed layer. Rows without an ``event_id``
+    are kept as they are (they fail the contract check)."""
+    tie_breaks = [
+        c for c in ("kafka_partition", "kafka_offset", "source_file") if c in landing.columns
+    ]
+    order = F.struct("ingest_ts", *tie_breaks, "ts", "server_id")
+    others = [c for c in landing.columns if c != "event_id"]
+    keyed = landing.where(F.col("event_id").isNotNull())
+    first = keyed.groupBy("event_id").agg(F.min_by(F.struct(*others), order).alias("first"))
+    # Deduplicating payloads, not points, shuffles a sixth of the rows.
+    return first.select("event_id", "first.*").unionByName(
+        landing.where(F.col("event_id").isNull())
+    )

@@ -16,7 +16,7 @@ from fleetlens.lake.landing import LANDING_SCHEMA
 from spark_jobs.transforms.baseline import hourly_baseline
 from spark_jobs.transforms.points import (
     POINT_COLUMNS,
-    dedupe_points,
+    first_copies,
     landing_to_points,
     split_valid_points,
 )
@@ -64,9 +64,9 @@ def test_points_are_exploded_checked_and_deduplicated(spark: SparkSession) -> No
         payload("e3", "srv-2", T0 + timedelta(minutes=61), {"disk_pct": float("nan")}),
         payload("e4", "srv-2", T0 + timedelta(minutes=62), {"conns": -1.0, "net_in_bps": 5.0}),
     ]
-    points = landing_to_points(landing(spark, rows))
+    points = landing_to_points(first_copies(landing(spark, rows)))
     valid, rejected = split_valid_points(points, metrics=METRICS)
-    deduped = dedupe_points(valid).select(*POINT_COLUMNS)
+    deduped = valid.select(*POINT_COLUMNS)
 
     got = sorted((r.event_id, r.metric, r.value, r.date, r.hour) for r in deduped.collect())
     assert got == [
