@@ -50,7 +50,7 @@ from fleetlens.lake import delta
 from fleetlens.lake.delta import TableMismatchError
 from fleetlens.lake.paths import Lake
 from fleetlens.logging import get_logger
-from spark_jobs.session import has_delta_spark
+from spark_jobs.session import MODE_CONF, has_delta_spark
 
 __all__ = [
     "MAX_RECORDS_PER_FILE",
@@ -69,9 +69,6 @@ log = get_logger("delta_io")
 
 DeltaMode = Literal["native", "delta-rs"]
 
-#: Session configuration naming the commit mode (``auto``, ``native`` or ``delta-rs``, as
-#: ``spark.delta_mode`` in the settings); ``auto`` when unset.
-MODE_CONF: Final = "spark.fleetlens.deltaMode"
 
 #: Cap on a data file's rows, so that one large partition still makes files of sane size.
 MAX_RECORDS_PER_FILE: Final = 5_000_000
@@ -116,7 +113,10 @@ def resolve_mode(spark: SparkSession, *, mode: DeltaMode | None = None) -> Delta
         raise ValueError(f"{MODE_CONF} must be auto, native or delta-rs, not {wanted!r}")
     present = has_delta_spark(spark)
     if wanted == "native" and not present:
-        raise RuntimeError("Delta mode 'native' needs delta-spark on the Spark classpath")
+        raise RuntimeError(
+            "spark.delta_mode is 'native' but delta-spark is not on the classpath; add its "
+            "jars (e.g. --packages io.delta:delta-spark_2.13:4.1.0) or use delta-rs"
+        )
     if wanted == "auto":
         return "native" if present else "delta-rs"
     return "native" if wanted == "native" else "delta-rs"

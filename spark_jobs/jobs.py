@@ -205,27 +205,28 @@ def _stale(
 _SERIES_ORDER = ("server_id", "metric", "window_start")
 
 
-def _rollup_hourly(
-    ctx: JobContext, source: str, target: str, start: datetime, end: datetime
-) -> JobResult:
+def _rollup(ctx: JobContext, source: str, target: str, start: datetime, end: datetime) -> JobResult:
+    """Recompute ``target``'s partitions whose ``source`` partitions changed: points to
+    minutes, minutes to hours, hours to days."""
     result = JobResult(target, start.isoformat(), end.isoformat())
+    daily = target == ROLLUP_1D
     ctx.table(source)
     ctx.table(target)
-    stale = _stale(ctx, source, target, start, end, daily=False)
+    stale = _stale(ctx, source, target, start, end, daily=daily)
     result.partitions[target] = _labels(stale)
     if not stale:
         return result
-    rows = delta_io.read_table(ctx.spark, ctx.lake, source).where(_where(stale))
+    rows = delta_io.read_table(ctx.spark, ctx.lake, source).where(_where(stale, hour=not daily))
     if source == RAW_POINTS:
         rolled = rollup_points(rows, grain="minute", sketch_k=ctx.settings.batch.sketch_k)
     else:
-        rolled = rollup_rollups(rows, grain="hour")
+        rolled = rollup_rollups(rows, grain="day" if daily else "hour")
     result.rows[target] = delta_io.replace_partitions(
         ctx.spark,
-        with_partitions(rolled),
+        with_partitions(rolled, hour=not daily),
         ctx.lake,
         target,
-        partition_by=HOUR_PARTITIONS,
+        partition_by=TABLES[target][1],
         partitions=_partition_values(stale),
         sort_by=_SERIES_ORDER,
     )
@@ -235,37 +236,18 @@ def _rollup_hourly(
 
 def rollup_1m(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     """``raw_points`` → ``rollup_1m`` for the hours whose points changed."""
-    return _rollup_hourly(ctx, RAW_POINTS, ROLLUP_1M, start, end)
+    return _rollup(ctx, RAW_POINTS, ROLLUP_1M, start, end)
 
 
 def rollup_1h(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     """``rollup_1m`` → ``rollup_1h`` (sums, extremes and sketches merged) for the hours whose
     minutes changed: 60 rows per window instead of every point."""
-    return _rollup_hourly(ctx, ROLLUP_1M, ROLLUP_1H, start, end)
+    return _rollup(ctx, ROLLUP_1M, ROLLUP_1H, start, end)
 
 
 def rollup_1d(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     """``rollup_1h`` → ``rollup_1d`` for the days with a changed hour."""
-    result = JobResult(ROLLUP_1D, start.isoformat(), end.isoformat())
-    ctx.table(ROLLUP_1H)
-    ctx.table(ROLLUP_1D)
-    days = _stale(ctx, ROLLUP_1H, ROLLUP_1D, start, end, daily=True)
-    result.partitions[ROLLUP_1D] = _labels(days)
-    if not days:
-        return result
-    hours = delta_io.read_table(ctx.spark, ctx.lake, ROLLUP_1H).where(_where(days, hour=False))
-    rolled = with_partitions(rollup_rollups(hours, grain="day"), hour=False)
-    result.rows[ROLLUP_1D] = delta_io.replace_partitions(
-        ctx.spark,
-        rolled,
-        ctx.lake,
-        ROLLUP_1D,
-        partition_by=("date",),
-        partitions=_partition_values(days),
-        sort_by=_SERIES_ORDER,
-    )
-    control.mark_partitions(ctx.lake, ROLLUP_1D, days, run_id=ctx.run_id)
-    return result
+    return _rollup(ctx, ROLLUP_1H, ROLLUP_1D, start, end)
 
 
 # -- baseline, retention, maintenance -------------------------------------------------------

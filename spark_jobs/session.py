@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final
 
 from pyspark.sql import SparkSession
 
 from fleetlens.config import Settings
 
-__all__ = ["DELTA_EXTENSION", "build_session", "delta_mode", "has_delta_spark"]
+__all__ = ["DELTA_EXTENSION", "MODE_CONF", "build_session", "has_delta_spark"]
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+#: Session configuration naming how tables are committed (``spark.delta_mode`` in the
+#: settings: ``auto``, ``native`` or ``delta-rs``); ``spark_jobs.delta_io`` resolves it.
+MODE_CONF: Final = "spark.fleetlens.deltaMode"
 _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
 
@@ -31,6 +34,7 @@ def build_session(settings: Settings, *, app_name: str | None = None) -> SparkSe
         .config("spark.ui.showConsoleProgress", "false")
         # Parquet timestamps as INT64 microseconds: what delta-rs, Trino and polars expect.
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config(MODE_CONF, spark.delta_mode)
     )
     if spark.delta_mode == "native":
         builder = builder.config("spark.sql.extensions", DELTA_EXTENSION).config(
@@ -52,17 +56,3 @@ def has_delta_spark(session: SparkSession) -> bool:
     except Exception:  # py4j raises its own error type for ClassNotFoundException
         return False
     return True
-
-
-def delta_mode(settings: Settings, session: SparkSession) -> Literal["native", "delta-rs"]:
-    """How this session commits Delta tables (``auto`` resolved)."""
-    mode = settings.spark.delta_mode
-    if mode == "auto":
-        return "native" if has_delta_spark(session) else "delta-rs"
-    if mode == "native" and not has_delta_spark(session):
-        raise RuntimeError(
-            "spark.delta_mode is 'native' but delta-spark is not on the classpath; "
-            "add the delta-spark jars (e.g. --packages io.delta:delta-spark_2.13:4.1.0) "
-            "or set spark.delta_mode: delta-rs"
-        )
-    return mode

@@ -33,7 +33,7 @@ END = START + timedelta(hours=2)
 SPAN = ["--start", "2026-11-20T13:00:00Z", "--end", "2026-11-20T15:00:00Z"]
 TABLES = {
     "raw_points": ["event_id", "metric"],
-    "rollup_1h": ["server_id", "metric", "window_start"],
+    "rollup_1m": ["server_id", "metric", "window_start"],
 }
 
 
@@ -147,23 +147,23 @@ def test_killed_mid_write_then_rerun_equals_an_uninterrupted_run(
     reference_lake = new_lake(tmp_path, landing, "reference")
     settings = load_settings(lake={"root": str(reference_lake)})
     context = JobContext(settings=settings, spark=spark, lake=Lake(settings.lake))
-    for job in ("compact", "rollup_1h"):
+    for job in ("compact", "rollup_1m"):
         run_job(context, job, START, END)
 
     lake = new_lake(tmp_path, landing, "killed")
     # Each job killed while Spark stages its files, then run again to the end.
     kill_when_writing(fleetlens_spark_run("compact", lake), lake / "tables" / "raw_points")
     assert finish(fleetlens_spark_run("compact", lake))["job"] == "compact"
-    kill_when_writing(fleetlens_spark_run("rollup_1h", lake), lake / "tables" / "rollup_1h")
-    rolled = finish(fleetlens_spark_run("rollup_1h", lake))
+    kill_when_writing(fleetlens_spark_run("rollup_1m", lake), lake / "tables" / "rollup_1m")
+    rolled = finish(fleetlens_spark_run("rollup_1m", lake))
 
     got, expected = snapshot(lake), snapshot(reference_lake)
     assert expected["raw_points"].height == landing[1]
     for name in TABLES:
         assert_same_rows(got[name], expected[name], name)
-    assert rolled["partitions"] == {"rollup_1h": ["2026-11-20/13", "2026-11-20/14"]}
+    assert rolled["partitions"] == {"rollup_1m": ["2026-11-20/13", "2026-11-20/14"]}
     # What the killed attempts staged is unreferenced: the tables hold only committed files.
-    for name in ("raw_points", "rollup_1h"):
+    for name in ("raw_points", "rollup_1m"):
         table = DeltaTable(str(lake / "tables" / name))
         assert all(not path.startswith("staging-") for path in table.file_uris())
 

@@ -4,8 +4,8 @@ import pytest
 from datasketches import kll_doubles_sketch
 from pyspark.sql import SparkSession
 
-from fleetlens.config import load_settings
-from spark_jobs.session import delta_mode, has_delta_spark
+from spark_jobs.delta_io import resolve_mode
+from spark_jobs.session import MODE_CONF, has_delta_spark
 
 pytestmark = pytest.mark.spark
 
@@ -23,9 +23,14 @@ def test_delta_mode_resolves_auto_and_refuses_native_without_the_jars(
     spark: SparkSession,
 ) -> None:
     present = has_delta_spark(spark)
-    assert delta_mode(load_settings(spark={"delta_mode": "auto"}), spark) == (
-        "native" if present else "delta-rs"
-    )
+    # build_session passes the settings' spark.delta_mode (auto by default) to the session.
+    assert spark.conf.get(MODE_CONF) == "auto"
+    assert resolve_mode(spark) == ("native" if present else "delta-rs")
+    assert resolve_mode(spark, mode="delta-rs") == "delta-rs"
     if not present:
-        with pytest.raises(RuntimeError, match="delta-spark is not on the classpath"):
-            delta_mode(load_settings(spark={"delta_mode": "native"}), spark)
+        spark.conf.set(MODE_CONF, "native")
+        try:
+            with pytest.raises(RuntimeError, match="delta-spark is not on the classpath"):
+                resolve_mode(spark)
+        finally:
+            spark.conf.set(MODE_CONF, "auto")
