@@ -305,7 +305,7 @@ def maintain(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     speed layer's ``speed_1m``."""
     result = JobResult("maintain", start.isoformat(), end.isoformat())
     hours = ctx.settings.batch.retention.vacuum_hours
-    for name in (*TABLES, BASELINE, "speed_1m", "speed_late_1m"):
+    for name in (*TABLES, "speed_1m", "speed_late_1m"):
         if not table_exists(ctx.lake, name):
             continue
         report = maintain_table(ctx.lake, name, retention_hours=hours)

@@ -204,6 +204,38 @@ def test_late_file_updates_exactly_its_partitions(history: Settings, spark: Spar
     ]
 
 
+def test_baseline_and_maintenance(history: Settings, spark: SparkSession) -> None:
+    ctx = context(history, spark)
+    run_job(ctx, "backfill", START, END)
+
+    made = run_job(ctx, "baseline", START, END)
+    base = pl.read_delta(str(Path(history.lake.root, "tables", "baseline_hourly")))
+    hourly = table(history, "rollup_1h")
+    expected = (
+        hourly.with_columns(
+            ((pl.col("window_start").dt.weekday() - 1) * 24 + pl.col("window_start").dt.hour())
+            .cast(pl.Int32)
+            .alias("hour_of_week")
+        )
+        .group_by("server_id", "metric", "hour_of_week")
+        .agg((pl.col("sum").sum() / pl.col("count").sum()).alias("mean_ref"), pl.len())
+    )
+    joined = base.join(expected, on=["server_id", "metric", "hour_of_week"])
+    assert base.height == made.rows["baseline_hourly"] == expected.height == joined.height > 0
+    assert np.allclose(joined["mean"], joined["mean_ref"], rtol=1e-9)
+    assert (joined["samples"] == joined["len"]).all()
+
+    before = {n: table(history, n) for n in ("rollup_1m", "rollup_1h", "rollup_1d")}
+    raw_files = len(DeltaTable(str(Path(history.lake.root, "tables", "raw_points"))).file_uris())
+    done = run_job(ctx, "maintain", START, END)
+    for name, frame in before.items():
+        assert table(history, name).equals(frame), name
+    assert {"raw_points", "rollup_1m", "baseline_hourly"} <= set(done.details)
+    compacted = DeltaTable(str(Path(history.lake.root, "tables", "raw_points")))
+    assert len(compacted.file_uris()) <= raw_files
+    assert done.details["raw_points"]["version"] == compacted.version()
+
+
 def test_retention_removes_exactly_the_partitions_past_their_horizon(
     history: Settings, spark: SparkSession
 ) -> None:
