@@ -28,6 +28,7 @@ __all__ = [
     "iso_z",
     "jinja_filters",
     "jinja_macros",
+    "parse_hour",
     "spark_run_template",
 ]
 
@@ -57,16 +58,15 @@ def default_executable() -> str:
     return shutil.which("fleetlens") or "fleetlens"
 
 
-def iso_z(value: datetime | str) -> str:
-    """An hour-aligned UTC instant as the CLI takes it: ``2026-11-20T13:00:00Z``.
+def parse_hour(value: datetime | str) -> datetime:
+    """An hour-aligned instant, as ``fleetlens spark run`` takes it, in UTC.
 
     Args:
         value: A timezone-aware datetime (Airflow passes pendulum instants) or an ISO 8601
-            string with an offset or ``Z`` (a backfill's params).
+            string with an offset or ``Z``.
 
     Raises:
-        ValueError: naive, unparsable or not on the hour. Raised while rendering, so the task
-            fails before any job starts.
+        ValueError: naive, unparsable or not on the hour.
     """
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     if moment.tzinfo is None:
@@ -74,7 +74,17 @@ def iso_z(value: datetime | str) -> str:
     moment = moment.astimezone(UTC)
     if (moment.minute, moment.second, moment.microsecond) != (0, 0, 0):
         raise ValueError(f"{value!r} is not on the hour")
-    return moment.strftime("%Y-%m-%dT%H:00:00Z")
+    return moment
+
+
+def iso_z(value: datetime | str) -> str:
+    """An hour-aligned UTC instant as the CLI takes it: ``2026-11-20T13:00:00Z``.
+
+    Raises:
+        ValueError: see :func:`parse_hour`. Raised while rendering, so the task fails before
+            any job starts.
+    """
+    return parse_hour(value).strftime("%Y-%m-%dT%H:00:00Z")
 
 
 def spark_run_template(

@@ -221,16 +221,12 @@ def speed_run(
 
 def _hour(text: str) -> datetime:
     """An hour-aligned UTC instant from ISO 8601 (``2026-11-20T13:00:00Z``)."""
+    from fleetlens.orchestration import parse_hour
+
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_hour(text)
     except ValueError as error:
-        raise typer.BadParameter(f"{text!r} is not an ISO 8601 time") from error
-    if moment.tzinfo is None:
-        raise typer.BadParameter(f"{text!r} has no time zone; write e.g. 2026-11-20T13:00:00Z")
-    moment = moment.astimezone(UTC)
-    if (moment.minute, moment.second, moment.microsecond) != (0, 0, 0):
-        raise typer.BadParameter(f"{text!r} is not on an hour boundary")
-    return moment
+        raise typer.BadParameter(str(error)) from error
 
 
 @spark_app.command("run")
