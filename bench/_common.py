@@ -286,6 +286,21 @@ class CpuMeter:
         return shares
 
 
+def tree_rss(process: psutil.Process) -> int:
+    """The summed RSS of a process and all its descendants (bytes)."""
+    try:
+        members = [process, *process.children(recursive=True)]
+    except psutil.Error:  # the process is gone
+        return 0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
 def other_load(cpu: dict[str, float], *ours: float) -> str:
     """CPU the machine spent outside the benchmark's own processes, and steal, as text."""
     own = sum(v for k, v in cpu.items() if k not in ("machine", "steal")) + sum(ours)

@@ -23,7 +23,7 @@ import msgspec
 import psutil
 from kafka.partitioner.default import murmur2
 
-from bench._common import Child, CpuMeter, Scratch, other_load, say
+from bench._common import Child, CpuMeter, Scratch, other_load, say, tree_rss
 from fleetlens.config import load_settings
 from fleetlens.contract import Event, encode_event
 from fleetlens.kafka.clients import all_partitions, make_consumer, make_producer
@@ -200,7 +200,8 @@ def consume_baseline(
 
 
 class RssSampler(threading.Thread):
-    """Samples a process's RSS every ``interval_s``; :meth:`stop` returns the peak."""
+    """Samples the RSS of a process and its children (summed) every ``interval_s``;
+    :meth:`stop` returns the peak."""
 
     def __init__(self, pid: int, interval_s: float = 0.05) -> None:
         super().__init__(daemon=True, name="rss-sampler")
@@ -211,10 +212,9 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._done.is_set():
-            try:
-                self.peak = max(self.peak, self._proc.memory_info().rss)
-            except psutil.Error:
+            if not self._proc.is_running():
                 return
+            self.peak = max(self.peak, tree_rss(self._proc))
             self._done.wait(self._interval)
 
     def stop(self) -> int:

@@ -43,6 +43,7 @@ from bench._common import (
     fmt_int,
     machine,
     say,
+    tree_rss,
 )
 
 VARIANTS = ("fleetlens", "spark-groupby", "polars")
@@ -158,16 +159,6 @@ def _worker(options: argparse.Namespace) -> dict[str, Any]:
 # -- the parent ---------------------------------------------------------------------------
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    total = 0
-    for member in (process, *process.children(recursive=True)):
-        try:
-            total += member.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
 def _tree_cpu(process: psutil.Process, seen: dict[int, float]) -> None:
     """Remember each member's CPU seconds (children are gone once they have exited)."""
     for member in (process, *process.children(recursive=True)):
@@ -199,7 +190,7 @@ def _run_child(variant: str, lake: Path, options: Options, log_dir: Path) -> dic
         def sample() -> None:
             nonlocal peak
             while not stop.wait(0.05):
-                peak = max(peak, _tree_rss(process))
+                peak = max(peak, tree_rss(process))
                 _tree_cpu(process, cpu)
 
         sampler = threading.Thread(target=sample, daemon=True)

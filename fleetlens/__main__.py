@@ -2,4 +2,6 @@
 
 from fleetlens.cli.main import app
 
-app(prog_name="fleetlens")
+# Guarded: child processes started with multiprocessing's "spawn" import this module too.
+if __name__ == "__main__":
+    app(prog_name="fleetlens")

@@ -161,8 +161,9 @@ class SpeedSettings(_Section):
     dedup_ttl_s: int | None = None
     #: Cadence of a commit: sinks flushed (Delta ``speed_1m``, Kafka), then the checkpoint.
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
-    #: Commit early once this many closed windows wait for the sinks (bounds a catch-up's
-    #: memory; a live fleet of 10,000 servers closes 60,000 a minute).
+    #: Commit early once the closed windows waiting for the sinks hold this many events
+    #: (about as many (server, metric) aggregates at a 10 s cadence); bounds a catch-up's
+    #: memory. A live fleet of 10,000 servers closes 60,000 aggregates a minute.
     max_pending_windows: int = Field(default=100_000, ge=1)
     #: A partition with no record for this long, and caught up, stops holding windows open.
     idle_partition_s: float = Field(default=30.0, gt=0)

@@ -1,23 +1,25 @@
-"""The window aggregate: count, sum, min, max, last (with its time) and a KLL quantile sketch.
+"""Closed windows to rows: count, sum, min, max, last (with its time) and a KLL sketch per
+(server, metric, window), computed column-wise with numpy.
 
 Pure: no I/O. The sketch is Apache DataSketches' KLL doubles sketch, whose bytes Spark's
 ``kll_sketch_agg_double``/``kll_merge_agg_double`` produce and merge too, so speed-layer and
-batch-layer quantiles merge.
-
-A KLL sketch of ``k`` keeps its first ``k`` values as they are (it compacts only when the
-``k + 1``-th arrives), so while a window has at most ``k`` values (a 1-minute window of 10 s
-samples has 6) the aggregate keeps the values in arrival order instead of a sketch object
-(~1.8 KB each, and ~6 µs to create): the sketch built from them when it is needed is the one
-the same updates would have built. Past ``k`` values the aggregate switches to a real sketch.
+batch-layer quantiles merge. Each sketch is fed its values in arrival order, as a sketch
+updated sample by sample would be, so its bytes do not depend on how the samples were
+batched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
+import numpy as np
+import pyarrow as pa
 from datasketches import kll_doubles_sketch
 
-__all__ = ["QUANTILES", "WindowAggregate"]
+from fleetlens.lake.schemas import SPEED_1M_SCHEMA, TAG_COLUMNS
+from speed_layer.windows import OpenWindow
+
+__all__ = ["QUANTILES", "aggregate_windows"]
 
 #: The quantiles written next to the sketch.
 QUANTILES = (0.5, 0.95, 0.99)
@@ -25,96 +27,80 @@ _QUANTILES = list(QUANTILES)
 #: Inclusive ranks, as Spark's ``kll_sketch_get_quantile_double`` computes them, so that the
 #: speed and batch layers report the same p50/p95/p99 for the same values.
 _INCLUSIVE = True
-
-#: What a checkpoint holds for the sketch: the values (at most ``k``) or the sketch's bytes.
-SketchState = list[float] | bytes
+_US = pa.timestamp("us", tz="UTC")
 
 
-@dataclass(slots=True)
-class WindowAggregate:
-    """Running aggregate of one metric of one server in one window.
+def aggregate_windows(
+    windows: Sequence[OpenWindow], *, sketch_k: int, emitted_at_ms: int
+) -> pa.Table:
+    """The ``speed_1m`` rows of closed windows: one per (server, metric, window).
 
-    ``values`` holds the values in arrival order while there are at most ``k`` of them;
-    afterwards it is ``None`` and ``real_sketch`` holds them.
+    ``sum`` adds the values in arrival order; ``last`` is the value with the latest event
+    time (ties: the latest to arrive).
     """
+    tables = [_aggregate(w, sketch_k) for w in windows if len(w)]
+    if not tables:
+        return SPEED_1M_SCHEMA.empty_table()
+    table = pa.concat_tables(tables)
+    emitted = np.full(table.num_rows, emitted_at_ms * 1000, np.int64)
+    return table.append_column(SPEED_1M_SCHEMA.field("emitted_at"), pa.array(emitted).cast(_US))
 
-    count: int
-    sum: float
-    min: float
-    max: float
-    last: float
-    last_ts: int
-    k: int
-    values: list[float] | None
-    real_sketch: kll_doubles_sketch | None = None
 
-    @classmethod
-    def initialize(cls, value: float, ts: int, *, k: int) -> WindowAggregate:
-        """The aggregate of a single value observed at ``ts`` (epoch ms)."""
-        return cls(1, value, value, value, value, ts, k, [value])
+def _aggregate(window: OpenWindow, k: int) -> pa.Table:
+    keyset_of = np.frombuffer(window.keyset_of, np.int32)
+    names = list(dict.fromkeys(name for keyset in window.keysets for name in keyset))
+    code = {name: i for i, name in enumerate(names)}
+    widest = max(map(len, window.keysets))
+    # Row r: the metric codes of keyset r, padded; an event's codes are its keyset's row.
+    table = np.full((len(window.keysets), widest), -1, np.int64)
+    for row, keyset in enumerate(window.keysets):
+        table[row, : len(keyset)] = [code[name] for name in keyset]
+    sizes = np.fromiter(map(len, window.keysets), np.int64, len(window.keysets))[keyset_of]
+    codes = table[keyset_of]
+    metric_code = codes[codes >= 0]  # row by row: each event's metrics in arrival order
+    server_code = np.repeat(np.frombuffer(window.server_of, np.int32).astype(np.int64), sizes)
+    key = server_code * len(names) + metric_code
+    ts = np.repeat(np.frombuffer(window.ts, np.int64), sizes)
+    values = np.frombuffer(window.values, np.float64)
+    total = len(values)
 
-    def add(self, value: float, ts: int) -> None:
-        """Fold one more value in; ``last`` follows the latest event time (ties: latest arrival)."""
-        self.count += 1
-        self.sum += value
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
-        if ts >= self.last_ts:
-            self.last, self.last_ts = value, ts
-        values = self.values
-        if values is None:
-            assert self.real_sketch is not None
-            self.real_sketch.update(value)
-        elif len(values) < self.k:
-            values.append(value)
-        else:
-            self.real_sketch = self.sketch
-            self.real_sketch.update(value)
-            self.values = None
+    # Stable: within a key the values keep their arrival order.
+    order = np.argsort(key, kind="stable")
+    grouped = key[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    ends = np.r_[starts[1:], total]
+    ordered = values[order]
+    # Sorted by key, then time, then arrival: the last of each key is its latest sample.
+    latest = np.lexsort((ts, key))[ends - 1]
 
-    @property
-    def sketch(self) -> kll_doubles_sketch:
-        """The KLL sketch of the values (built from them while there are at most ``k``)."""
-        if self.values is None:
-            assert self.real_sketch is not None
-            return self.real_sketch
-        sketch = kll_doubles_sketch(self.k)
-        update = sketch.update
-        for value in self.values:
-            update(value)
-        return sketch
+    sketches: list[bytes] = []
+    quantiles: list[list[float]] = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        sketch = kll_doubles_sketch(k)
+        sketch.update(ordered[a:b])
+        sketches.append(sketch.serialize())
+        quantiles.append(sketch.get_quantiles(_QUANTILES, _INCLUSIVE))
+    p = np.asarray(quantiles, np.float64).reshape(-1, len(QUANTILES))
 
-    def quantiles(self) -> list[float]:
-        """p50, p95 and p99 from the sketch."""
-        return list(self.sketch.get_quantiles(_QUANTILES, _INCLUSIVE))
-
-    def finish(self) -> tuple[bytes, list[float]]:
-        """The serialized sketch and p50, p95, p99 (the sketch is built once)."""
-        sketch = self.sketch
-        return sketch.serialize(), list(sketch.get_quantiles(_QUANTILES, _INCLUSIVE))
-
-    def to_state(self) -> tuple[int, float, float, float, float, int, SketchState]:
-        """A plain tuple for checkpoints: the values while at most ``k``, else the sketch."""
-        values = self.values
-        return (
-            self.count,
-            self.sum,
-            self.min,
-            self.max,
-            self.last,
-            self.last_ts,
-            list(values) if values is not None else self.sketch.serialize(),
-        )
-
-    @classmethod
-    def from_state(
-        cls, state: tuple[int, float, float, float, float, int, SketchState], *, k: int = 200
-    ) -> WindowAggregate:
-        """Inverse of :meth:`to_state` (also reads checkpoints holding the sketch's bytes)."""
-        count, total, low, high, last, last_ts, sketch = state
-        if isinstance(sketch, bytes):
-            restored = kll_doubles_sketch.deserialize(sketch)
-            return cls(count, total, low, high, last, last_ts, restored.k, None, restored)
-        return cls(count, total, low, high, last, last_ts, k, [float(v) for v in sketch])
+    group_server = pa.array(grouped[starts] // len(names))
+    group_metric = pa.array(grouped[starts] % len(names))
+    columns = {
+        "window_start": pa.array(np.full(len(starts), window.start * 1000, np.int64)).cast(_US),
+        "server_id": pa.array(window.servers, pa.string()).take(group_server),
+        "metric": pa.array(names, pa.string()).take(group_metric),
+        **{
+            tag: pa.array([t.get(tag) for t in window.tags], pa.string()).take(group_server)
+            for tag in TAG_COLUMNS
+        },
+        "count": pa.array(ends - starts),
+        "sum": pa.array(np.add.reduceat(ordered, starts)),
+        "min": pa.array(np.minimum.reduceat(ordered, starts)),
+        "max": pa.array(np.maximum.reduceat(ordered, starts)),
+        "last": pa.array(values[latest]),
+        "last_ts": pa.array(ts[latest] * 1000).cast(_US),
+        "sketch": pa.array(sketches, pa.binary()),
+        "p50": pa.array(p[:, 0]),
+        "p95": pa.array(p[:, 1]),
+        "p99": pa.array(p[:, 2]),
+    }
+    return pa.table(columns, schema=SPEED_1M_SCHEMA.remove(len(SPEED_1M_SCHEMA) - 1))

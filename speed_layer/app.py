@@ -1,46 +1,49 @@
-"""The speed layer's consumer loop: poll, validate, window, emit, commit.
+"""The speed layer's main loop: take validated records from the fetcher, window, emit, commit.
 
-Each commit (every ``speed.checkpoint_interval_s``, on SIGTERM and before an idle exit) runs
-in this order, so that a crash anywhere neither loses nor double-counts a record in the state:
+Each commit (every ``speed.checkpoint_interval_s``, early when a catch-up closes many windows,
+on SIGTERM and before an idle exit) runs in this order, so that a crash anywhere neither loses
+nor double-counts a record in the state:
 
-1. the windows closed since the last commit are upserted into Delta ``speed_1m`` and sent to
-   ``fleet.agg1m.v1``, changed late counts into ``speed_late_1m``; the DLQ and agg1m records
-   are acknowledged;
-2. every partition's window state is checkpointed with its offset (the commit point);
-3. the offsets are committed to Kafka, for lag monitoring only.
+1. here, on the main thread: the windows closed since the last commit are aggregated, their
+   ``fleet.agg1m.v1`` records queued, and every partition's state snapshotted with the offset
+   of the next record it has not processed;
+2. on the sink thread, while the main thread goes on: the rows are upserted into Delta
+   ``speed_1m`` and changed late counts into ``speed_late_1m``; the agg1m and DLQ records are
+   acknowledged; then the snapshots are written as the partitions' checkpoints (the commit
+   point);
+3. back here: the offsets are committed to Kafka, for lag monitoring only.
 
 Partitions are assigned statically: process ``speed.instance`` of ``speed.instances`` reads the
-partitions ``p`` with ``p % instances == instance`` (no consumer-group rebalancing).
+partitions ``p`` with ``p % instances == instance`` (no consumer-group rebalancing). Polling
+and validation run in a child process (:mod:`speed_layer.fetcher`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
+import pyarrow as pa
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fleetlens.config import Settings
-from fleetlens.contract import ContractViolation, Validator
-from fleetlens.kafka.clients import (
-    all_partitions,
-    make_admin,
-    make_consumer,
-    make_producer,
-)
+from fleetlens.contract import decode_canonical
+from fleetlens.kafka.clients import make_producer, wait_acknowledged
 from fleetlens.kafka.dlq import DeadLetterWriter
 from fleetlens.lake.delta import CommitFailedError
 from fleetlens.lake.paths import Lake
 from fleetlens.logging import get_logger
-from speed_layer.checkpoint import CheckpointStore, PartitionCheckpoint
-from speed_layer.sinks import Agg1mTopic, LateTable, SpeedTable, windows_to_table
-from speed_layer.windows import ClosedWindow, PartitionWindows
+from speed_layer.aggregate import aggregate_windows
+from speed_layer.checkpoint import FORMAT, CheckpointStore, PartitionCheckpoint
+from speed_layer.fetcher import Fetcher, FetchSpec, PartitionRecords
+from speed_layer.sinks import Agg1mTopic, LateTable, SpeedTable
+from speed_layer.windows import OpenWindow, PartitionWindows
 
-__all__ = ["SpeedLayer", "SpeedStats", "assigned_partitions"]
+__all__ = ["SpeedLayer", "SpeedStats"]
 
 log = get_logger("speed")
 
@@ -58,13 +61,8 @@ class SpeedStats:
     commits: int = 0
     #: Seconds from the first record to the end of the commit that followed the last one.
     busy_s: float = 0.0
-
-
-def assigned_partitions(partitions: list[int], *, instance: int, instances: int) -> list[int]:
-    """The partitions one of ``instances`` processes reads."""
-    if instance >= instances:
-        raise ValueError(f"speed.instance {instance} must be below speed.instances {instances}")
-    return [p for p in partitions if p % instances == instance]
+    #: Seconds spent waiting for the fetcher's next records, idle waits included.
+    fetch_wait_s: float = 0.0
 
 
 class _Metrics:
@@ -79,7 +77,7 @@ class _Metrics:
         self.dlq = counter("dlq", "Records sent to the dead-letter topic")
         self.closed = counter("windows_closed", "Final windows emitted")
         self.open = Gauge(
-            "fleetlens_speed_open_windows", "Open window aggregates", registry=registry
+            "fleetlens_speed_open_windows", "Open (server, window) pairs", registry=registry
         )
         self.lag = Gauge(
             "fleetlens_speed_lag", "Records behind the log end", ["partition"], registry=registry
@@ -119,54 +117,56 @@ class SpeedLayer:
         self._cfg = settings.speed
         self._topic = settings.kafka.topics.metrics.name
         self._lake = Lake(settings.lake)
-        self._validator = Validator(settings.contract)
         self._store = CheckpointStore(self._lake, group=self._cfg.group_id)
         self._metrics = _Metrics(registry or CollectorRegistry())
         self._timeout_s = settings.kafka.producer.delivery_timeout_ms / 1000
         self.stats = SpeedStats()
 
-    def _new_partition(self) -> PartitionWindows:
+    def _windows(self, state: dict[str, Any] | None = None) -> PartitionWindows:
         c = self._cfg
-        return PartitionWindows(
-            size_ms=c.window_s * 1000,
-            lateness_ms=c.allowed_lateness_s * 1000,
-            dedup_ttl_ms=c.effective_dedup_ttl_s * 1000,
-            sketch_k=c.sketch_k,
-            late_memory_ms=int(c.retention_h * 3_600_000),
+        size_ms, lateness_ms = c.window_s * 1000, c.allowed_lateness_s * 1000
+        dedup_ttl_ms, late_memory_ms = c.effective_dedup_ttl_s * 1000, int(c.retention_h * 3.6e6)
+        if state is None:
+            return PartitionWindows(
+                size_ms=size_ms,
+                lateness_ms=lateness_ms,
+                dedup_ttl_ms=dedup_ttl_ms,
+                late_memory_ms=late_memory_ms,
+            )
+        return PartitionWindows.from_state(
+            state,
+            size_ms=size_ms,
+            lateness_ms=lateness_ms,
+            dedup_ttl_ms=dedup_ttl_ms,
+            late_memory_ms=late_memory_ms,
         )
 
     def _restore(
-        self, consumer: KafkaConsumer, partitions: list[TopicPartition], cluster_id: str | None
-    ) -> dict[int, PartitionWindows]:
-        c = self._cfg
+        self, partitions: list[int], beginnings: dict[int, int], cluster_id: str | None
+    ) -> tuple[dict[int, PartitionWindows], dict[int, int]]:
+        """Each partition's state and the offset to read from: its checkpoint's, or the
+        beginning of the log."""
         states: dict[int, PartitionWindows] = {}
-        beginnings = consumer.beginning_offsets(partitions)
-        for tp in partitions:
-            checkpoint = self._store.load(tp.topic, tp.partition)
+        offsets: dict[int, int] = {}
+        for partition in partitions:
+            checkpoint = self._store.load(self._topic, partition)
             if checkpoint is not None and checkpoint.cluster_id == cluster_id:
-                states[tp.partition] = PartitionWindows.from_state(
-                    checkpoint.state,
-                    size_ms=c.window_s * 1000,
-                    lateness_ms=c.allowed_lateness_s * 1000,
-                    dedup_ttl_ms=c.effective_dedup_ttl_s * 1000,
-                    sketch_k=c.sketch_k,
-                    late_memory_ms=int(c.retention_h * 3_600_000),
+                states[partition] = self._windows(checkpoint.state)
+                offsets[partition] = max(checkpoint.offset, beginnings[partition])
+                continue
+            if checkpoint is not None:
+                # The embedded broker starts empty with a new cluster id: old offsets and
+                # windows belong to another log.
+                log.warning(
+                    "speed.cluster_changed",
+                    partition=partition,
+                    checkpoint_cluster=checkpoint.cluster_id,
+                    cluster=cluster_id,
                 )
-                consumer.seek(tp, max(checkpoint.offset, beginnings[tp]))
-            else:
-                if checkpoint is not None:
-                    # The embedded broker starts empty with a new cluster id: old offsets and
-                    # windows belong to another log.
-                    log.warning(
-                        "speed.cluster_changed",
-                        partition=tp.partition,
-                        checkpoint_cluster=checkpoint.cluster_id,
-                        cluster=cluster_id,
-                    )
-                    self._store.forget(tp.topic, tp.partition)
-                states[tp.partition] = self._new_partition()
-                consumer.seek(tp, beginnings[tp])
-        return states
+                self._store.forget(self._topic, partition)
+            states[partition] = self._windows()
+            offsets[partition] = beginnings[partition]
+        return states, offsets
 
     def run(
         self, *, stop: threading.Event | None = None, exit_when_idle_s: float | None = None
@@ -175,40 +175,52 @@ class SpeedLayer:
         for that long; the final commit happens before returning."""
         stop = stop or threading.Event()
         kafka = self._settings.kafka
-        consumer = make_consumer(kafka, group_id=self._cfg.group_id)
-        producer = make_producer(kafka)
-        dlq = DeadLetterWriter(producer, topic=kafka.topics.dlq.name, stage="speed")
-        agg1m = Agg1mTopic(producer, kafka.topics.agg1m.name)
-        tables = (SpeedTable(self._lake), LateTable(self._lake))
-        try:
-            admin = make_admin(kafka)
-            try:
-                cluster_id: str | None = admin.describe_cluster().get("cluster_id")
-            finally:
-                admin.close()
-            everything = all_partitions(consumer, self._topic)
-            mine = assigned_partitions(
-                [tp.partition for tp in everything],
+        fetcher = Fetcher(
+            FetchSpec(
+                kafka=kafka,
+                contract=self._settings.contract,
+                topic=self._topic,
+                group_id=self._cfg.group_id,
                 instance=self._cfg.instance,
                 instances=self._cfg.instances,
+                poll_timeout_ms=self._cfg.poll_timeout_ms,
             )
-            partitions = [TopicPartition(self._topic, p) for p in mine]
-            consumer.assign(partitions)
-            states = self._restore(consumer, partitions, cluster_id)
-            log.info(
-                "speed.started",
-                topic=self._topic,
-                partitions=mine,
-                offsets={tp.partition: consumer.position(tp) for tp in partitions},
-            )
-            _Loop(self, consumer, dlq, agg1m, tables, states, cluster_id).run(
+        )
+        producer = None
+        try:
+            cluster_id, partitions, beginnings = fetcher.hello()
+            producer = make_producer(kafka)
+            dlq = DeadLetterWriter(producer, topic=kafka.topics.dlq.name, stage="speed")
+            agg1m = Agg1mTopic(producer, kafka.topics.agg1m.name)
+            tables = (SpeedTable(self._lake), LateTable(self._lake))
+            states, offsets = self._restore(partitions, beginnings, cluster_id)
+            fetcher.seek(offsets)
+            log.info("speed.started", topic=self._topic, partitions=partitions, offsets=offsets)
+            _Loop(self, fetcher, producer, dlq, agg1m, tables, states, offsets, cluster_id).run(
                 stop, exit_when_idle_s
             )
         finally:
-            consumer.close(autocommit=False)
-            producer.close(timeout=self._timeout_s)
+            fetcher.close()
+            if producer is not None:
+                producer.close(timeout=self._timeout_s)
         log.info("speed.stopped", **vars(self.stats))
         return self.stats
+
+
+@dataclass
+class _SinkJob:
+    """What one commit hands to the sink thread."""
+
+    rows: pa.Table | None
+    late: list[tuple[str, int, int, int]]
+    acks: list[Any]
+    #: (partition, offset, encoded checkpoint)
+    checkpoints: list[tuple[int, int, bytes]]
+    records: int
+    started: float
+    steps: dict[str, float]
+    covers_last_batch: bool
+    state_bytes: int = 0
 
 
 class _Loop:
@@ -217,39 +229,59 @@ class _Loop:
     def __init__(
         self,
         layer: SpeedLayer,
-        consumer: KafkaConsumer,
+        fetcher: Fetcher,
+        producer: KafkaProducer,
         dlq: DeadLetterWriter,
         agg1m: Agg1mTopic,
         tables: tuple[SpeedTable, LateTable],
         states: dict[int, PartitionWindows],
+        offsets: dict[int, int],
         cluster_id: str | None,
     ) -> None:
         self.layer = layer
         self.cfg = layer._cfg
-        self.consumer = consumer
+        self.fetcher = fetcher
+        self.producer = producer
         self.dlq = dlq
         self.agg1m = agg1m
         self.table, self.late_table = tables
         # Late counts already written, per partition: only changes are upserted.
         self.reported_late: dict[int, dict[int, int]] = {p: {} for p in states}
         self.states = states
+        #: The next offset to process, per partition: what the checkpoints record.
+        self.positions = dict(offsets)
+        self.highwater: dict[int, int] = {}
         self.cluster_id = cluster_id
         self.metrics = layer._metrics
         self.stats = layer.stats
-        self.pending: list[ClosedWindow] = []
+        self.pending: list[OpenWindow] = []
+        self.pending_aggregates = 0
         now = time.monotonic()
         self.last_record_at = dict.fromkeys(states, now)
-        self.last_commit_at = now
+        self.last_commit_at = self.last_checkpoint_at = now
         self.last_housekeeping_at = -float("inf")
         self.first_record_at: float | None = None
         self.last_batch_done_at = 0.0
         self.uncommitted_records = False
+        #: The sink thread (Delta upserts release the GIL) and the commit it is writing.
+        self.sinks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speed-sinks")
+        self.inflight: tuple[_SinkJob, Future[None]] | None = None
 
     def run(self, stop: threading.Event, exit_when_idle_s: float | None) -> None:
+        try:
+            self._run(stop, exit_when_idle_s)
+            self.commit(wait=True)
+        finally:
+            self.sinks.shutdown(wait=True)
+
+    def _run(self, stop: threading.Event, exit_when_idle_s: float | None) -> None:
         last_any = time.monotonic()
+        poll_timeout_s = self.cfg.poll_timeout_ms / 1000
         while not stop.is_set():
-            batch = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms)
+            waiting = time.monotonic()
+            batch = self.fetcher.poll(poll_timeout_s)
             now = time.monotonic()
+            self.stats.fetch_wait_s += now - waiting
             if batch:
                 last_any = now
                 if self.first_record_at is None:
@@ -259,44 +291,49 @@ class _Loop:
                 self.last_batch_done_at = time.monotonic()
             self._advance_idle(now)
             for state in self.states.values():
-                self.pending.extend(state.close_ready())
+                for window in state.close_ready():
+                    self.pending.append(window)
+                    # Each event carries every metric, so this is close to the aggregates.
+                    self.pending_aggregates += len(window.ts)
             # A catch-up closes windows faster than the interval drains them: bound the backlog.
             due = now - self.last_commit_at >= self.cfg.checkpoint_interval_s
-            if due or len(self.pending) >= self.cfg.max_pending_windows:
+            if due or self.pending_aggregates >= self.cfg.max_pending_windows:
                 self.commit()
-            self.metrics.checkpoint_age.set(time.monotonic() - self.last_commit_at)
+            self.collect(wait=False)
+            self.metrics.checkpoint_age.set(time.monotonic() - self.last_checkpoint_at)
             if exit_when_idle_s is not None and now - last_any >= exit_when_idle_s:
                 break
-        self.commit()
 
-    def _process(self, batch: dict[TopicPartition, list[object]], now: float) -> None:
-        validator = self.layer._validator
-        now_ms = int(time.time() * 1000)
+    def _process(self, batch: list[PartitionRecords], now: float) -> None:
+        topic = self.layer._topic
         records = points = dlq = 0
         before = {p: (s.duplicates, s.late_dropped) for p, s in self.states.items()}
-        for tp, messages in batch.items():
-            state = self.states[tp.partition]
-            self.last_record_at[tp.partition] = now
-            for message in messages:
-                value: bytes | None = getattr(message, "value", None)
-                records += 1
-                try:
-                    if value is None:
-                        raise ContractViolation("", "record has no value (tombstone)")
-                    event = validator.decode(value, now_ms=now_ms)
-                except ContractViolation as violation:
+        for chunk in batch:
+            partition = chunk.partition
+            state = self.states[partition]
+            self.last_record_at[partition] = now
+            if chunk.highwater is not None:
+                self.highwater[partition] = chunk.highwater
+            records += len(chunk.values)
+            rejected = chunk.rejected
+            for index, value in enumerate(chunk.values):
+                if index in rejected:
                     self.dlq.send(
                         value=value,
-                        key=getattr(message, "key", None),
-                        reason=str(violation),
-                        source_topic=tp.topic,
-                        partition=tp.partition,
-                        offset=getattr(message, "offset", -1),
+                        key=chunk.keys[index],
+                        reason=rejected[index],
+                        source_topic=topic,
+                        partition=partition,
+                        offset=chunk.offsets[index],
                     )
                     dlq += 1
                     continue
+                assert value is not None  # the fetcher rejects tombstones
+                event = decode_canonical(value)
                 points += len(event.metrics)
                 state.process(event)
+            if chunk.offsets:
+                self.positions[partition] = chunk.offsets[-1] + 1
         duplicates = sum(s.duplicates - before[p][0] for p, s in self.states.items())
         late = sum(s.late_dropped - before[p][1] for p, s in self.states.items())
         self.stats.records += records
@@ -323,63 +360,123 @@ class _Loop:
             if now - seen_at >= idle_after:
                 self.states[partition].advance_to(floor)
 
-    def commit(self) -> None:
-        """Sinks, then checkpoints, then Kafka offsets (see the module docstring)."""
+    def commit(self, *, wait: bool = False) -> None:
+        """Start a commit: aggregate the closed windows, queue their agg1m records and
+        snapshot the checkpoints here; the Delta upserts, the acknowledgements and the
+        checkpoint files follow in the sink thread, in that order (see the module docstring),
+        while this thread goes on with the next records. One commit runs at a time."""
         started = time.perf_counter()
-        timeout = self.layer._timeout_s
+        steps: dict[str, float] = {}
+        rows = None
         if self.pending:
-            rows = windows_to_table(self.pending, emitted_at_ms=int(time.time() * 1000))
-            self.table.upsert(rows)
-            self.agg1m.send(rows)
-            self.stats.windows_closed += len(self.pending)
-            self.metrics.closed.inc(len(self.pending))
-            self.pending = []
-        self._write_late_counts()
-        self.agg1m.flush(timeout)
-        self.dlq.flush(timeout)
-        size = 0
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for partition, state in self.states.items():
-            tp = TopicPartition(self.layer._topic, partition)
-            position = self.consumer.position(tp)
-            size += self.layer._store.save(
-                PartitionCheckpoint(
-                    topic=tp.topic,
-                    partition=partition,
-                    offset=position,
-                    cluster_id=self.cluster_id,
-                    state=state.to_state(),
-                )
+            rows = aggregate_windows(
+                self.pending, sketch_k=self.cfg.sketch_k, emitted_at_ms=int(time.time() * 1000)
             )
-            offsets[tp] = OffsetAndMetadata(position, "", -1)
-        try:
-            self.consumer.commit(offsets)
-        except KafkaError as error:  # lag monitoring only; the checkpoint is the truth
-            log.warning("speed.offset_commit_failed", error=repr(error))
-        self._maybe_housekeep()
-        self.update_lag()
-        elapsed = time.perf_counter() - started
+            self.stats.windows_closed += rows.num_rows
+            self.metrics.closed.inc(rows.num_rows)
+            self.pending, self.pending_aggregates = [], 0
+            steps["aggregate"] = time.perf_counter() - started
+            self.agg1m.send(rows)
+            steps["agg1m"] = time.perf_counter() - started - steps["aggregate"]
+        encoding = time.perf_counter()
+        store = self.layer._store
+        checkpoints = [
+            (
+                partition,
+                self.positions[partition],
+                store.encode(
+                    PartitionCheckpoint(
+                        topic=self.layer._topic,
+                        partition=partition,
+                        offset=self.positions[partition],
+                        cluster_id=self.cluster_id,
+                        state=state.to_state(),
+                        format=FORMAT,
+                    )
+                ),
+            )
+            for partition, state in self.states.items()
+        ]
+        steps["encode"] = time.perf_counter() - encoding
+        job = _SinkJob(
+            rows=rows,
+            late=self._late_changes(),
+            acks=self.agg1m.take_pending() + self.dlq.take_pending(),
+            checkpoints=checkpoints,
+            records=self.stats.records,
+            started=started,
+            steps=steps,
+            covers_last_batch=self.uncommitted_records,
+        )
+        self.uncommitted_records = False
         self.last_commit_at = time.monotonic()
-        if self.uncommitted_records and self.first_record_at is not None:
+        self.collect(wait=True)  # the previous commit
+        self.inflight = (job, self.sinks.submit(self._write, job))
+        if wait:
+            self.collect(wait=True)
+
+    def _write(self, job: _SinkJob) -> None:
+        """The sink thread's part of a commit."""
+        clock = time.perf_counter()
+
+        def step(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            job.steps[name] = now - clock
+            clock = now
+
+        if job.rows is not None:
+            self.table.upsert(job.rows)
+        step("speed_1m")
+        self.late_table.upsert(job.late, updated_at_ms=int(time.time() * 1000))
+        step("late")
+        wait_acknowledged(self.producer, job.acks, timeout_s=self.layer._timeout_s)
+        step("acks")
+        store, topic = self.layer._store, self.layer._topic
+        job.state_bytes = sum(
+            store.write(topic, partition, offset, data)
+            for partition, offset, data in job.checkpoints
+        )
+        step("checkpoint")
+        self._maybe_housekeep()
+        step("housekeeping")
+
+    def collect(self, *, wait: bool) -> None:
+        """Finish the commit in flight, if it is done (or once it is, with ``wait``): offsets
+        to Kafka, metrics, the log line. Raises what the sink thread raised."""
+        if self.inflight is None:
+            return
+        job, future = self.inflight
+        if not wait and not future.done():
+            return
+        self.inflight = None
+        future.result()
+        done = time.perf_counter()
+        self.fetcher.commit({p: offset for p, offset, _ in job.checkpoints})
+        self.update_lag()
+        elapsed = done - job.started
+        self.last_checkpoint_at = time.monotonic()
+        if job.covers_last_batch and self.first_record_at is not None:
             # Processing time up to the last batch, plus this commit (not any idle wait).
             busy = self.last_batch_done_at - self.first_record_at + elapsed
-            self.stats.busy_s = round(busy, 3)
-            self.uncommitted_records = False
+            self.stats.busy_s = round(max(busy, self.stats.busy_s), 3)
         self.stats.commits += 1
         self.metrics.checkpoint_seconds.observe(elapsed)
-        self.metrics.state_bytes.set(size)
+        self.metrics.state_bytes.set(job.state_bytes)
         self.metrics.open.set(sum(s.open_windows for s in self.states.values()))
         log.info(
             "speed.committed",
             seconds=round(elapsed, 3),
-            state_bytes=size,
-            records=self.stats.records,
+            steps={name: round(seconds, 3) for name, seconds in job.steps.items()},
+            state_bytes=job.state_bytes,
+            records=job.records,
             windows_closed=self.stats.windows_closed,
             late_dropped=self.stats.late_dropped,
             duplicates=self.stats.duplicates,
         )
 
-    def _write_late_counts(self) -> None:
+    def _late_changes(self) -> list[tuple[str, int, int, int]]:
+        """The late counts that changed since the last commit."""
         changed = []
         for partition, state in self.states.items():
             reported = self.reported_late[partition]
@@ -387,7 +484,7 @@ class _Loop:
                 if reported.get(start) != count:
                     changed.append((self.layer._topic, partition, start, count))
             self.reported_late[partition] = dict(state.late_by_window)
-        self.late_table.upsert(changed, updated_at_ms=int(time.time() * 1000))
+        return changed
 
     def _maybe_housekeep(self) -> None:
         """Hourly: retention, then compaction, checkpoint, log clean-up and vacuum; by
@@ -417,10 +514,7 @@ class _Loop:
         self.metrics.housekeeping_seconds.observe(time.perf_counter() - started)
 
     def update_lag(self) -> None:
-        """Refresh the lag gauge from the high watermarks the fetches reported."""
-        for partition in self.states:
-            tp = TopicPartition(self.layer._topic, partition)
-            highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                lag = max(highwater - self.consumer.position(tp), 0)
-                self.metrics.lag.labels(partition=str(partition)).set(lag)
+        """Refresh the lag gauge from the log end offsets the fetches reported."""
+        for partition, highwater in self.highwater.items():
+            lag = max(highwater - self.positions[partition], 0)
+            self.metrics.lag.labels(partition=str(partition)).set(lag)

@@ -17,7 +17,11 @@ import msgspec
 
 from fleetlens.lake.paths import Lake
 
-__all__ = ["CheckpointStore", "PartitionCheckpoint"]
+__all__ = ["FORMAT", "CheckpointStore", "PartitionCheckpoint"]
+
+#: Version of the state's layout: 2 keeps the open windows' samples (1, the first release,
+#: kept one aggregate object per window and metric).
+FORMAT = 2
 
 
 class PartitionCheckpoint(msgspec.Struct):
@@ -28,6 +32,7 @@ class PartitionCheckpoint(msgspec.Struct):
     offset: int
     cluster_id: str | None
     state: dict[str, Any]
+    format: int = 1
 
 
 class CheckpointStore:
@@ -54,6 +59,12 @@ class CheckpointStore:
         if data is None:
             return None
         checkpoint = self._decoder.decode(data)
+        if checkpoint.format != FORMAT:
+            raise ValueError(
+                f"{self._path(topic, partition)} holds a format-{checkpoint.format} checkpoint; "
+                f"this speed layer reads format {FORMAT}. Drain the topic with the old version, "
+                "or delete the file to rebuild the partition's windows from the log."
+            )
         self._committed[(topic, partition)] = checkpoint.offset
         return checkpoint
 
@@ -61,20 +72,30 @@ class CheckpointStore:
         """Drop the offset guard of a partition whose log was reset (another Kafka cluster)."""
         self._committed.pop((topic, partition), None)
 
-    def save(self, checkpoint: PartitionCheckpoint) -> int:
-        """Replace a partition's checkpoint atomically; returns its size in bytes.
+    def encode(self, checkpoint: PartitionCheckpoint) -> bytes:
+        """The bytes :meth:`write` stores (a snapshot: the state may change afterwards)."""
+        return self._encoder.encode(checkpoint)
+
+    def write(self, topic: str, partition: int, offset: int, data: bytes) -> int:
+        """Replace a partition's checkpoint with ``data`` (from :meth:`encode`, at ``offset``)
+        atomically; returns its size in bytes.
 
         Raises:
             ValueError: the offset is behind the last one saved or loaded here. A paranoid
                 check: it would mean records are processed twice into the state.
         """
-        key = (checkpoint.topic, checkpoint.partition)
+        key = (topic, partition)
         previous = self._committed.get(key)
-        if previous is not None and checkpoint.offset < previous:
+        if previous is not None and offset < previous:
             raise ValueError(
-                f"checkpoint offset for {key} would go back from {previous} to {checkpoint.offset}"
+                f"checkpoint offset for {key} would go back from {previous} to {offset}"
             )
-        data = self._encoder.encode(checkpoint)
         self._lake.write_bytes_atomically(self._path(*key), data)
-        self._committed[key] = checkpoint.offset
+        self._committed[key] = offset
         return len(data)
+
+    def save(self, checkpoint: PartitionCheckpoint) -> int:
+        """:meth:`encode` then :meth:`write`."""
+        return self.write(
+            checkpoint.topic, checkpoint.partition, checkpoint.offset, self.encode(checkpoint)
+        )

@@ -5,31 +5,114 @@ watermark (its maximum event time minus the allowed lateness), so what a partiti
 depends only on its own records, in their log order: replaying a partition from a checkpoint
 gives the same windows whatever the other partitions did meanwhile. A partition that has gone
 idle can be moved forward from outside (:meth:`PartitionWindows.advance_to`).
+
+An open window keeps its events' samples as they came (server, time, metric values), packed
+in arrays, and is aggregated once, vectorised, when it closes
+(:func:`speed_layer.aggregate.aggregate_windows`): folding an event is a few appends, and a
+checkpoint is a dump of the arrays. The samples of a window are bounded by the event rate
+over the window plus the allowed lateness.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlens.contract import Event
-from speed_layer.aggregate import WindowAggregate
 
-__all__ = ["ClosedWindow", "Deduplicator", "PartitionWindows"]
+__all__ = ["Deduplicator", "OpenWindow", "PartitionWindows"]
 
 _NEVER = -(2**62)
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedWindow:
-    """A final window: emitted once, when the partition's watermark passes its end."""
+class OpenWindow:
+    """The samples of one window of one partition, in arrival order, packed in arrays.
 
-    window_start: int
-    server_id: str
-    metric: str
-    tags: dict[str, str]
-    aggregate: WindowAggregate
+    Sample ``i`` came from server ``servers[server_of[i]]``, at ``ts[i]`` (epoch ms), with the
+    metric names ``keysets[keyset_of[i]]`` and their values next in ``values``. Ids and names
+    are stored once per window, values as machine numbers: ~70 bytes a sample of 6 metrics
+    instead of ~600 as Python objects. ``tags[j]`` are server ``j``'s latest tags.
+    """
+
+    __slots__ = (
+        "_keyset_index",
+        "_server_index",
+        "keyset_of",
+        "keysets",
+        "server_of",
+        "servers",
+        "start",
+        "tags",
+        "ts",
+        "values",
+    )
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.servers: list[str] = []
+        self.tags: list[dict[str, str]] = []
+        self.keysets: list[tuple[str, ...]] = []
+        self.server_of = array("i")
+        self.keyset_of = array("i")
+        self.ts = array("q")
+        self.values = array("d")
+        self._server_index: dict[str, int] = {}
+        self._keyset_index: dict[tuple[str, ...], int] = {}
+
+    def add(self, event: Event) -> None:
+        """Append one event's samples."""
+        server = self._server_index.get(event.server_id)
+        if server is None:
+            server = self._server_index[event.server_id] = len(self.servers)
+            self.servers.append(event.server_id)
+            self.tags.append(event.tags)
+        else:
+            self.tags[server] = event.tags
+        metrics = event.metrics
+        names = tuple(metrics)
+        keyset = self._keyset_index.get(names)
+        if keyset is None:
+            keyset = self._keyset_index[names] = len(self.keysets)
+            self.keysets.append(names)
+        self.server_of.append(server)
+        self.keyset_of.append(keyset)
+        self.ts.append(event.ts)
+        self.values.extend(metrics.values())
+
+    def __len__(self) -> int:
+        """How many events the window holds."""
+        return len(self.ts)
+
+    def to_state(self) -> list[Any]:
+        """Plain data for checkpoints (the arrays as bytes: a snapshot)."""
+        return [
+            self.start,
+            self.servers,
+            list(self.tags),
+            [list(k) for k in self.keysets],
+            self.server_of.tobytes(),
+            self.keyset_of.tobytes(),
+            self.ts.tobytes(),
+            self.values.tobytes(),
+        ]
+
+    @classmethod
+    def from_state(cls, state: list[Any]) -> OpenWindow:
+        """Inverse of :meth:`to_state`."""
+        start, servers, tags, keysets, server_of, keyset_of, ts, values = state
+        window = cls(int(start))
+        window.servers = list(servers)
+        window.tags = [dict(t) for t in tags]
+        window.keysets = [tuple(k) for k in keysets]
+        window._server_index = {s: i for i, s in enumerate(window.servers)}
+        window._keyset_index = {k: i for i, k in enumerate(window.keysets)}
+        window.server_of.frombytes(server_of)
+        window.keyset_of.frombytes(keyset_of)
+        window.ts.frombytes(ts)
+        window.values.frombytes(values)
+        return window
 
 
 class Deduplicator:
@@ -60,15 +143,16 @@ class Deduplicator:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def to_state(self) -> list[tuple[str, int]]:
-        """The remembered ids with their event times, oldest insertion first."""
-        return list(self._seen.items())
+    def to_state(self) -> list[Any]:
+        """The remembered ids and their event times, oldest insertion first (two lists)."""
+        return [list(self._seen), list(self._seen.values())]
 
     @classmethod
-    def from_state(cls, ttl_ms: int, state: list[tuple[str, int]]) -> Deduplicator:
+    def from_state(cls, ttl_ms: int, state: list[Any]) -> Deduplicator:
         """Inverse of :meth:`to_state`."""
         restored = cls(ttl_ms)
-        restored._seen.update(state)
+        ids, times = state
+        restored._seen.update(zip(ids, times, strict=True))
         return restored
 
 
@@ -80,7 +164,6 @@ class PartitionWindows:
         size_ms: Window length.
         lateness_ms: How far behind the maximum event time an event may be and still count.
         dedup_ttl_ms: How long event ids are remembered.
-        sketch_k: KLL sketch accuracy parameter.
         late_memory_ms: How long the late count of a window is kept behind the watermark
             (the counts are reported as running totals, so they must outlive a commit).
     """
@@ -88,7 +171,6 @@ class PartitionWindows:
     size_ms: int
     lateness_ms: int
     dedup_ttl_ms: int
-    sketch_k: int = 200
     late_memory_ms: int = 48 * 3_600_000
     max_ts: int = _NEVER
     watermark: int = _NEVER
@@ -96,9 +178,7 @@ class PartitionWindows:
     duplicates: int = 0
     late_dropped: int = 0
     late_by_window: dict[int, int] = field(default_factory=dict)
-    #: window start -> server -> metric -> aggregate
-    _open: dict[int, dict[str, dict[str, WindowAggregate]]] = field(default_factory=dict)
-    _tags: dict[int, dict[str, dict[str, str]]] = field(default_factory=dict)
+    _open: dict[int, OpenWindow] = field(default_factory=dict)
     _dedup: Deduplicator | None = None
 
     def __post_init__(self) -> None:
@@ -131,26 +211,10 @@ class PartitionWindows:
             self.late_dropped += 1
             self.late_by_window[start] = self.late_by_window.get(start, 0) + 1
             return
-        bucket = self._open.get(start)
-        if bucket is None:
-            bucket = self._open[start] = {}
-            self._tags[start] = {}
-        server = event.server_id
-        self._tags[start][server] = event.tags
-        aggregates = bucket.get(server)
-        if aggregates is None:
-            k = self.sketch_k
-            bucket[server] = {
-                metric: WindowAggregate(1, value, value, value, value, ts, k, [value])
-                for metric, value in event.metrics.items()
-            }
-        else:
-            for metric, value in event.metrics.items():
-                aggregate = aggregates.get(metric)
-                if aggregate is None:
-                    aggregates[metric] = WindowAggregate.initialize(value, ts, k=self.sketch_k)
-                else:
-                    aggregate.add(value, ts)
+        window = self._open.get(start)
+        if window is None:
+            window = self._open[start] = OpenWindow(start)
+        window.add(event)
         if ts > self.max_ts:
             self.max_ts = ts
             self.watermark = max(self.watermark, ts - self.lateness_ms)
@@ -159,25 +223,15 @@ class PartitionWindows:
         """Move the watermark forward (never back), e.g. for a partition that went idle."""
         self.watermark = max(self.watermark, watermark)
 
-    def close_ready(self) -> list[ClosedWindow]:
+    def close_ready(self) -> list[OpenWindow]:
         """Pop every window whose end the watermark has passed, oldest first."""
-        closed: list[ClosedWindow] = []
-        for start in sorted(s for s in self._open if s + self.size_ms <= self.watermark):
-            tags = self._tags.pop(start)
-            for server, aggregates in self._open.pop(start).items():
-                server_tags = tags[server]
-                closed.extend(
-                    ClosedWindow(start, server, metric, server_tags, aggregate)
-                    for metric, aggregate in aggregates.items()
-                )
-        return closed
+        ready = sorted(s for s in self._open if s + self.size_ms <= self.watermark)
+        return [self._open.pop(start) for start in ready]
 
     @property
     def open_windows(self) -> int:
-        """How many (server, metric, window) aggregates are open."""
-        return sum(
-            len(aggregates) for bucket in self._open.values() for aggregates in bucket.values()
-        )
+        """How many (server, window) pairs are open (each holds one aggregate per metric)."""
+        return sum(len(w.servers) for w in self._open.values())
 
     def to_state(self) -> dict[str, Any]:
         """Everything needed to resume exactly here, as plain data."""
@@ -186,17 +240,7 @@ class PartitionWindows:
             "watermark": self.watermark,
             "counters": [self.records, self.duplicates, self.late_dropped],
             "late_by_window": list(self.late_by_window.items()),
-            "open": [
-                (start, server, metric, aggregate.to_state())
-                for start, bucket in self._open.items()
-                for server, aggregates in bucket.items()
-                for metric, aggregate in aggregates.items()
-            ],
-            "tags": [
-                (start, server, tags)
-                for start, servers in self._tags.items()
-                for server, tags in servers.items()
-            ],
+            "open": [w.to_state() for w in self._open.values()],
             "dedup": self.dedup.to_state(),
         }
 
@@ -208,7 +252,6 @@ class PartitionWindows:
         size_ms: int,
         lateness_ms: int,
         dedup_ttl_ms: int,
-        sketch_k: int,
         late_memory_ms: int = 48 * 3_600_000,
     ) -> PartitionWindows:
         """Inverse of :meth:`to_state` (window size and lateness come from the settings)."""
@@ -216,18 +259,13 @@ class PartitionWindows:
             size_ms=size_ms,
             lateness_ms=lateness_ms,
             dedup_ttl_ms=dedup_ttl_ms,
-            sketch_k=sketch_k,
             late_memory_ms=late_memory_ms,
             max_ts=state["max_ts"],
             watermark=state["watermark"],
-            _dedup=Deduplicator.from_state(dedup_ttl_ms, [tuple(x) for x in state["dedup"]]),
+            _dedup=Deduplicator.from_state(dedup_ttl_ms, state["dedup"]),
         )
         restored.records, restored.duplicates, restored.late_dropped = state["counters"]
         restored.late_by_window = {int(s): int(n) for s, n in state["late_by_window"]}
-        for start, server, metric, aggregate in state["open"]:
-            restored._open.setdefault(start, {}).setdefault(server, {})[metric] = (
-                WindowAggregate.from_state(tuple(aggregate), k=sketch_k)
-            )
-        for start, server, tags in state["tags"]:
-            restored._tags.setdefault(start, {})[server] = tags
+        for window in state["open"]:
+            restored._open[int(window[0])] = OpenWindow.from_state(window)
         return restored

@@ -14,7 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetlens.config import ContractSettings, MetricSpec, load_settings
-from fleetlens.contract import ContractViolation, Event, Validator, encode_event
+from fleetlens.contract import (
+    ContractViolation,
+    Event,
+    Validator,
+    decode_canonical,
+    encode_event,
+)
 
 NOW_MS = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -711,3 +717,84 @@ def test_every_mutation_is_rejected_naming_its_field(case: tuple[dict[str, Any],
     with pytest.raises(ContractViolation) as decoded:
         VALIDATOR.decode(msgspec.json.encode(payload), now_ms=NOW_MS)
     assert _names(decoded.value.field, target), (decoded.value.field, target)
+
+
+# -- the canonical fast path (what the speed layer's fetcher uses) ------------------------------
+
+
+def agree(validator: Validator, data: bytes) -> None:
+    """``canonical`` accepts exactly what ``decode`` accepts, naming the same field, and its
+    bytes decode, unchecked, to the same event."""
+    try:
+        expected = validator.decode(data, now_ms=NOW_MS)
+    except ContractViolation as violation:
+        with pytest.raises(ContractViolation) as info:
+            validator.canonical(data, now_ms=NOW_MS)
+        assert info.value.field == violation.field
+    else:
+        assert decode_canonical(validator.canonical(data, now_ms=NOW_MS)) == expected
+
+
+@pytest.mark.parametrize("payload", VALID_CASES.values(), ids=VALID_CASES.keys())
+def test_canonical_agrees_on_valid_payloads(payload: dict[str, Any]):
+    data = msgspec.json.encode(payload)
+    agree(VALIDATOR, data)
+    if isinstance(payload["ts"], int):
+        assert VALIDATOR.canonical(data, now_ms=NOW_MS) is data  # no copy on the fast path
+
+
+@pytest.mark.parametrize(
+    "payload", [payload for _, payload, _ in INVALID_CASES], ids=[n for n, _, _ in INVALID_CASES]
+)
+def test_canonical_agrees_on_invalid_payloads(payload: Any):
+    agree(VALIDATOR, msgspec.json.encode(payload))
+
+
+def test_canonical_counts_metrics_and_tags_when_the_catalogue_exceeds_the_limits():
+    tight = Validator(contract_settings(max_metrics=2, max_tags=2))
+    for payload in (
+        valid_payload(metrics={"cpu_pct": 1.0, "mem_pct": 2.0, "conns": 3}),
+        valid_payload(metrics={"cpu_pct": 1.0, "mem_pct": 2.0}),
+        valid_payload(tags={"tenant": "acme", "env": "prod", "az": "a"}),
+        valid_payload(tags={"tenant": "acme", "env": "prod"}),
+    ):
+        agree(tight, msgspec.json.encode(payload))
+
+
+METRIC_VALUES = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6),
+    st.integers(-10, 200),
+    st.sampled_from([0, 100, 100.0000001, -0.0, 1e308]),
+    st.text(max_size=3),
+)
+
+
+@st.composite
+def nearly_valid(draw: st.DrawFn) -> bytes:
+    """Payloads close to valid: metric and tag maps, ids and times near their limits."""
+    id_text = st.text(alphabet=string.ascii_letters + string.digits + "-_.:/ é", max_size=70)
+    payload = valid_payload(
+        event_id=draw(st.one_of(st.just("e-1"), id_text)),
+        server_id=draw(st.one_of(st.just("srv-1"), id_text)),
+        ts=draw(st.integers(NOW_MS - 7 * 86_400_000 - 2, NOW_MS + 300_002)),
+        metrics=draw(st.dictionaries(FIELD_NAMES, METRIC_VALUES, max_size=9)),
+        tags=draw(
+            st.dictionaries(
+                st.sampled_from((*TAG_KEYS, "x")), st.text(max_size=130), max_size=8
+            ).map(lambda tags: tags if draw(st.booleans()) else {"tenant": "acme", **tags})
+        ),
+    )
+    return _json_bytes(payload)
+
+
+@given(
+    st.one_of(
+        nearly_valid(),
+        payload_shaped().map(_json_bytes),
+        JSON_LIKE.map(_json_bytes),
+        st.binary(max_size=200),
+    )
+)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzz_canonical_agrees_with_decode(data: bytes):
+    agree(VALIDATOR, data)

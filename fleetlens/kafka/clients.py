@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -20,6 +21,7 @@ __all__ = [
     "make_admin",
     "make_consumer",
     "make_producer",
+    "wait_acknowledged",
 ]
 
 
@@ -54,6 +56,18 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
         "max_block_ms": p.max_block_ms,
     }
     return KafkaProducer(**(config | overrides))
+
+
+def wait_acknowledged(producer: KafkaProducer, futures: Iterable[Any], *, timeout_s: float) -> None:
+    """Send what ``producer`` has queued and wait for the acknowledgement of each of
+    ``futures`` (the results of its ``send``).
+
+    Raises:
+        KafkaError: a record was not acknowledged; the caller must not move past it.
+    """
+    producer.flush(timeout=timeout_s)
+    for future in futures:
+        future.get(timeout=timeout_s)
 
 
 def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **overrides: Any) -> KafkaConsumer:

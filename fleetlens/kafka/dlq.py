@@ -11,6 +11,8 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from fleetlens.kafka.clients import wait_acknowledged
+
 __all__ = ["DLQ_HEADERS", "DeadLetterWriter", "read_dlq_headers"]
 
 DLQ_HEADERS = (
@@ -63,16 +65,19 @@ class DeadLetterWriter:
         )
         self.sent += 1
 
+    def take_pending(self) -> list[Any]:
+        """The futures of the records queued since the last call (for
+        :func:`~fleetlens.kafka.clients.wait_acknowledged`, perhaps in another thread)."""
+        pending, self._pending = self._pending, []
+        return pending
+
     def flush(self, timeout_s: float) -> None:
         """Block until every queued record is acknowledged.
 
         Raises:
             KafkaError: a record was not acknowledged; the caller must not move past it.
         """
-        self._producer.flush(timeout=timeout_s)
-        for future in self._pending:
-            future.get(timeout=timeout_s)
-        self._pending.clear()
+        wait_acknowledged(self._producer, self.take_pending(), timeout_s=timeout_s)
 
 
 def read_dlq_headers(headers: list[tuple[str, bytes]]) -> dict[str, Any]:
