@@ -255,7 +255,7 @@ class _Loop:
         self.metrics = layer._metrics
         self.stats = layer.stats
         self.pending: list[OpenWindow] = []
-        self.pending_aggregates = 0
+        self.pending_events = 0
         now = time.monotonic()
         self.last_record_at = dict.fromkeys(states, now)
         self.last_commit_at = self.last_checkpoint_at = now
@@ -293,11 +293,10 @@ class _Loop:
             for state in self.states.values():
                 for window in state.close_ready():
                     self.pending.append(window)
-                    # Each event carries every metric, so this is close to the aggregates.
-                    self.pending_aggregates += len(window.ts)
+                    self.pending_events += len(window.ts)
             # A catch-up closes windows faster than the interval drains them: bound the backlog.
             due = now - self.last_commit_at >= self.cfg.checkpoint_interval_s
-            if due or self.pending_aggregates >= self.cfg.max_pending_windows:
+            if due or self.pending_events >= self.cfg.max_pending_windows:
                 self.commit()
             self.collect(wait=False)
             self.metrics.checkpoint_age.set(time.monotonic() - self.last_checkpoint_at)
@@ -374,7 +373,7 @@ class _Loop:
             )
             self.stats.windows_closed += rows.num_rows
             self.metrics.closed.inc(rows.num_rows)
-            self.pending, self.pending_aggregates = [], 0
+            self.pending, self.pending_events = [], 0
             steps["aggregate"] = time.perf_counter() - started
             self.agg1m.send(rows)
             steps["agg1m"] = time.perf_counter() - started - steps["aggregate"]

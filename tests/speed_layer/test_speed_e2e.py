@@ -18,6 +18,7 @@ import httpx
 import msgspec
 import numpy as np
 import polars as pl
+import psutil
 import pytest
 from datasketches import kll_doubles_sketch
 from deltalake import DeltaTable
@@ -274,9 +275,12 @@ def test_kill9_five_times_gives_the_uninterrupted_result(
             assert service.process.poll() is None, service.log_path.read_text()[-3000:]
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))
+        fetchers = psutil.Process(service.process.pid).children(recursive=True)
         os.kill(service.process.pid, signal.SIGKILL)
         service.process.wait(10)
         kills_mid_stream += checkpointed
+        # The fetcher child dies with the layer: no orphan keeps reading.
+        assert fetchers and not psutil.wait_procs(fetchers, timeout=10)[1]
     run_to_idle("speed-final", slow, tmp_path)
     crashed = comparable(speed_table(settings))
 
