@@ -207,6 +207,19 @@ class SpeedLayer:
         return self.stats
 
 
+class _Laps:
+    """Records into ``steps`` the seconds since the previous lap (or since creation)."""
+
+    def __init__(self, steps: dict[str, float]) -> None:
+        self._steps = steps
+        self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self._steps[name] = now - self._last
+        self._last = now
+
+
 @dataclass
 class _SinkJob:
     """What one commit hands to the sink thread."""
@@ -366,6 +379,7 @@ class _Loop:
         while this thread goes on with the next records. One commit runs at a time."""
         started = time.perf_counter()
         steps: dict[str, float] = {}
+        lap = _Laps(steps)
         rows = None
         if self.pending:
             rows = aggregate_windows(
@@ -374,10 +388,9 @@ class _Loop:
             self.stats.windows_closed += rows.num_rows
             self.metrics.closed.inc(rows.num_rows)
             self.pending, self.pending_events = [], 0
-            steps["aggregate"] = time.perf_counter() - started
+            lap("aggregate")
             self.agg1m.send(rows)
-            steps["agg1m"] = time.perf_counter() - started - steps["aggregate"]
-        encoding = time.perf_counter()
+            lap("agg1m")
         store = self.layer._store
         checkpoints = [
             (
@@ -396,7 +409,7 @@ class _Loop:
             )
             for partition, state in self.states.items()
         ]
-        steps["encode"] = time.perf_counter() - encoding
+        lap("encode")
         job = _SinkJob(
             rows=rows,
             late=self._late_changes(),
@@ -416,14 +429,7 @@ class _Loop:
 
     def _write(self, job: _SinkJob) -> None:
         """The sink thread's part of a commit."""
-        clock = time.perf_counter()
-
-        def step(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            job.steps[name] = now - clock
-            clock = now
-
+        step = _Laps(job.steps)
         if job.rows is not None:
             self.table.upsert(job.rows)
         step("speed_1m")
