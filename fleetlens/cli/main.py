@@ -197,6 +197,10 @@ def speed_run(
     ] = None,
 ) -> None:
     """Consume fleet.metrics.v1 into live 1-minute windows (speed_1m, fleet.agg1m.v1)."""
+    from speed_layer.memory import configure_process_memory
+
+    configure_process_memory()  # before the layer's libraries load
+
     from prometheus_client import REGISTRY, start_http_server
 
     from speed_layer.app import SpeedLayer

@@ -63,6 +63,21 @@ def test_aggregate_tracks_count_sum_min_max_and_last_by_event_time() -> None:
     assert kll_doubles_sketch.deserialize(row["sketch"]).get_quantile(0.5, True) == row["p50"]
 
 
+@pytest.mark.parametrize("samples", [1, 2, 7, 20, 200, 201, 1_000])
+def test_quantiles_are_the_sketchs_own_answers(samples: int) -> None:
+    # Up to k samples the sketch is exact and the quantiles are computed for all windows at
+    # once; beyond, they are the sketch's estimates. Either way, what reading the sketch says.
+    rng = random.Random(samples)
+    window = OpenWindow(0)
+    for i in range(samples):
+        window.add(event(i, round(rng.uniform(0, 100), rng.choice([0, 1, 3])), server="a"))
+        window.add(event(i, rng.choice([1.0, 2.0, 2.0, 9.0]), server="b"))
+    for row in rows([window]):
+        sketch = kll_doubles_sketch.deserialize(row["sketch"])
+        assert sketch.n == samples
+        assert [row["p50"], row["p95"], row["p99"]] == sketch.get_quantiles([0.5, 0.95, 0.99], True)
+
+
 def test_events_with_different_metric_sets_share_a_window() -> None:
     window = OpenWindow(0)
     window.add(event(1_000, 5.0, server="a", mem_pct=50.0))

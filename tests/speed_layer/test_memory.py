@@ -1,0 +1,32 @@
+"""The speed-layer process's memory settings, in a fresh interpreter (they are process-wide)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PROBE = """
+import json, os, sys
+from speed_layer.memory import configure_process_memory
+configure_process_memory()
+import polars, pyarrow
+from speed_layer.aggregate import aggregate_windows
+pyarrow.array([1.0, 2.0])
+print(json.dumps({
+    "pandas": "pandas" in sys.modules,
+    "pool": pyarrow.default_memory_pool().backend_name,
+    "jemalloc": os.environ.get("_RJEM_MALLOC_CONF"),
+    "polars_from_arrow": polars.from_arrow(pyarrow.table({"a": [1]})).height,
+}))
+"""
+
+
+def test_a_speed_layer_process_leaves_pandas_out_and_uses_the_system_allocator() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not got["pandas"] and got["pool"] == "system" and got["polars_from_arrow"] == 1
+    # polars puts its own defaults in front; jemalloc lets the later options win.
+    assert got["jemalloc"].endswith("dirty_decay_ms:0,muzzy_decay_ms:0")
