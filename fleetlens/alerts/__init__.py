@@ -1,0 +1,1 @@
+"""Alerting: rules, their evaluation in the stream, the alert lifecycle and notifications."""

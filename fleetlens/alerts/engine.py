@@ -1,0 +1,531 @@
+"""The alert engine: rules evaluated on each sample as it arrives, absences on the wall clock,
+and the lifecycle and routing of every alert.
+
+Pure: samples, times and baselines come in, :class:`AlertEvent` records go out; the speed
+layer feeds it and sends what it returns (``fleet.alerts.v1``, the ``alerts`` table, the
+notifiers), and the backtest feeds it history. Times are epoch ms: a sample's event time
+drives ``for`` and ``keep_firing_for``; ``now`` (the wall clock, or the replayed time) drives
+absences, repeats and escalations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+
+from fleetlens.alerts.lifecycle import Alert, Change
+from fleetlens.alerts.rules import (
+    AbsenceRule,
+    AnomalyRule,
+    CompositeRule,
+    Condition,
+    RateOfChangeRule,
+    Route,
+    Rule,
+    RuleSet,
+    ThresholdRule,
+)
+from fleetlens.alerts.series import Series, aggregate, slope_per_s
+from fleetlens.alerts.silences import Silence, suppressing
+
+__all__ = ["AlertEngine", "AlertEvent", "Baseline", "BaselineLookup", "alert_id", "hour_of_week"]
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+#: The alert key of an absence rule's pipeline alert (one per rule, not one per server).
+PIPELINE = "pipeline"
+
+
+class AlertEvent(msgspec.Struct, frozen=True):
+    """A transition or a notification of one alert: a record of ``fleet.alerts.v1`` and a row
+    of the ``alerts`` table. ``channels`` are where it is to be delivered (empty: recorded
+    only); ``suppressed_by`` the silences and maintenance windows that held it back.
+    ``idempotency_key`` is the same whenever the same notification is produced again (a
+    replay after a restart), so receivers and the notifier deliver it once."""
+
+    alert_id: str
+    rule: str
+    severity: str
+    change: str
+    state: str
+    labels: dict[str, str | None]
+    value: float | None
+    at: int
+    started_at: int | None
+    firing_at: int | None
+    summary: str
+    description: str
+    channels: tuple[str, ...]
+    suppressed_by: tuple[str, ...]
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Mean and spread of a metric's hourly average for one server and hour of week."""
+
+    mean: float
+    stddev: float
+    samples: int
+
+
+class BaselineLookup(Protocol):
+    """Where anomaly rules read baselines (``baseline_hourly``)."""
+
+    def get(self, server_id: str, metric: str, hour_of_week: int) -> Baseline | None:
+        """The baseline of ``(server_id, metric, hour_of_week)``, if there is one."""
+        ...
+
+
+def hour_of_week(ts_ms: int) -> int:
+    """0 (Monday 00:00-01:00 UTC) to 167 (Sunday 23:00-24:00 UTC)."""
+    moment = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    return moment.weekday() * 24 + moment.hour
+
+
+def alert_id(rule: str, key: str) -> str:
+    """The stable id of a rule's alert for a server (or the pipeline)."""
+    return hashlib.blake2b(f"{rule}\x00{key}".encode(), digest_size=8).hexdigest()
+
+
+_TAGS = ("tenant", "region", "env", "service", "cluster")
+
+
+class AlertEngine:
+    """Every rule's alerts, evaluated as samples arrive.
+
+    Args:
+        rules: The rules in force (:meth:`reload` swaps them keeping alert state).
+        baselines: Where anomaly rules find baselines (none: they stay silent).
+    """
+
+    def __init__(self, rules: RuleSet, *, baselines: BaselineLookup | None = None) -> None:
+        self._baselines = baselines
+        self._silences: tuple[Silence, ...] = ()
+        self._series: dict[tuple[str, str], Series] = {}
+        self._alerts: dict[tuple[str, str], Alert] = {}
+        self._labels: dict[str, dict[str, str | None]] = {}
+        #: Wall-clock time each server and partition was last heard of.
+        self._server_seen: dict[str, int] = {}
+        self._partition_of: dict[str, int] = {}
+        self._partition_seen: dict[int, int] = {}
+        #: (rule, server) -> why the rule cannot evaluate there (e.g. no baseline yet).
+        self.silent_reasons: dict[tuple[str, str], str] = {}
+        self._index(rules)
+
+    # -- rules ---------------------------------------------------------------------------
+
+    def _index(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self._by_name: dict[str, Rule] = {r.name: r for r in rules.rules}
+        self._by_metric: dict[str, list[Rule]] = {}
+        horizon: dict[str, float] = {}
+        for rule in rules.rules:
+            for metric in rule.metrics:
+                self._by_metric.setdefault(metric, []).append(rule)
+            for metric, window_s in _windows(rule):
+                horizon[metric] = max(horizon.get(metric, 0.0), window_s)
+        self._horizon_ms = {m: int(s * 1000) for m, s in horizon.items()}
+        for (_, metric), series in self._series.items():
+            series.horizon_ms = self._horizon_ms.get(metric, series.horizon_ms)
+        self._absence = [r for r in rules.rules if isinstance(r, AbsenceRule)]
+
+    def reload(self, rules: RuleSet, *, now: int) -> list[AlertEvent]:
+        """Put ``rules`` in force. Alerts of rules that remain (by name) keep their state;
+        those of removed rules end (``resolved`` if they were firing)."""
+        events = []
+        for (name, key), alert in list(self._alerts.items()):
+            if any(r.name == name for r in rules.rules):
+                continue
+            rule = self._by_name[name]
+            if alert.state == "firing":
+                events.append(self._event(rule, key, alert, "resolved", now, now))
+            del self._alerts[(name, key)]
+        self._index(rules)
+        self._series = {k: s for k, s in self._series.items() if k[1] in self._horizon_ms}
+        return events
+
+    def set_silences(self, silences: Iterable[Silence]) -> None:
+        """The silences in force (from the API's store)."""
+        self._silences = tuple(silences)
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def observe(
+        self,
+        server_id: str,
+        tags: Mapping[str, str],
+        ts: int,
+        metrics: Mapping[str, float],
+        *,
+        partition: int,
+        now: int,
+    ) -> list[AlertEvent]:
+        """Fold one sample (an event of ``fleet.metrics.v1``) and evaluate the rules on the
+        metrics it carries."""
+        labels = self._labels.get(server_id)
+        if labels is None or any(labels.get(t) != tags.get(t) for t in _TAGS):
+            labels = self._labels[server_id] = {t: tags.get(t) for t in _TAGS}
+            labels["server"] = server_id
+        self._server_seen[server_id] = now
+        self._partition_of[server_id] = partition
+        self._partition_seen[partition] = max(self._partition_seen.get(partition, now), now)
+        touched: dict[str, Rule] = {}
+        for metric, value in metrics.items():
+            horizon = self._horizon_ms.get(metric)
+            if horizon is None:
+                continue
+            series = self._series.get((server_id, metric))
+            if series is None:
+                series = self._series[(server_id, metric)] = Series(horizon)
+            series.add(ts, value)
+            for rule in self._by_metric[metric]:
+                touched[rule.name] = rule
+        events: list[AlertEvent] = []
+        for rule in touched.values():
+            if not rule.labels.matches(labels):
+                continue
+            outcome = self._evaluate(rule, server_id, ts)
+            if outcome is not None:
+                self._fold(rule, server_id, outcome[0], outcome[1], ts, now, events)
+        return events
+
+    def _evaluate(self, rule: Rule, server_id: str, ts: int) -> tuple[bool, float | None] | None:
+        """(condition holds, value) of ``rule`` on ``server_id``'s newest samples; ``None``
+        when it cannot be evaluated there (the reason is kept in :attr:`silent_reasons`)."""
+        if isinstance(rule, ThresholdRule):
+            return self._condition(rule, server_id)
+        if isinstance(rule, CompositeRule):
+            results = [self._condition(c, server_id) for c in rule.conditions]
+            holds = [r[0] for r in results]
+            active = all(holds) if rule.operator == "and" else any(holds)
+            return active, results[0][1]
+        if isinstance(rule, RateOfChangeRule):
+            return self._rate(rule, server_id)
+        if isinstance(rule, AnomalyRule):
+            return self._anomaly(rule, server_id, ts)
+        return None
+
+    def _condition(self, condition: Condition, server_id: str) -> tuple[bool, float | None]:
+        series = self._series.get((server_id, condition.metric))
+        if series is None:
+            return False, None
+        _, values = series.window(int(condition.window_s * 1000))
+        value = aggregate(condition.aggregation, values)
+        if value is None:
+            return False, None
+        return _COMPARE[condition.op](value, condition.value), value
+
+    def _rate(self, rule: RateOfChangeRule, server_id: str) -> tuple[bool, float | None] | None:
+        series = self._series[(server_id, rule.metric)]
+        times, values = series.window(int(rule.window_s * 1000))
+        if len(times) < 2:
+            return False, None
+        if rule.mode == "change":
+            value: float | None = values[-1] - values[0]
+        else:
+            slope = slope_per_s(times, values)
+            if slope is None:
+                return False, None
+            value = slope if rule.mode == "rate" else _time_to_limit(values[-1], slope, rule)
+        assert value is not None
+        return _COMPARE[rule.op](value, rule.value), value
+
+    def _anomaly(self, rule: AnomalyRule, server_id: str, ts: int) -> tuple[bool, float] | None:
+        key = (rule.name, server_id)
+        baseline = None
+        if self._baselines is not None:
+            baseline = self._baselines.get(server_id, rule.metric, hour_of_week(ts))
+        if baseline is None or baseline.samples < rule.min_samples:
+            self.silent_reasons[key] = (
+                "no baseline for this server, metric and hour of week"
+                if baseline is None
+                else f"baseline of {baseline.samples} hours, fewer than {rule.min_samples}"
+            )
+            return None
+        spread = max(baseline.stddev, rule.min_stddev)
+        if spread <= 0:
+            self.silent_reasons[key] = "the baseline has no spread (set min_stddev)"
+            return None
+        self.silent_reasons.pop(key, None)
+        _, values = self._series[(server_id, rule.metric)].window(int(rule.window_s * 1000))
+        value = aggregate(rule.aggregation, values)
+        if value is None:
+            return False, 0.0
+        score = (value - baseline.mean) / spread
+        active = {
+            "above": score > rule.k,
+            "below": score < -rule.k,
+            "both": abs(score) > rule.k,
+        }[rule.direction]
+        return active, score
+
+    def tick(self, now: int) -> list[AlertEvent]:
+        """Periodic work on the clock: absences (with the pipeline guard), notifications
+        held back by a silence that has ended, repeats and escalations."""
+        events: list[AlertEvent] = []
+        for absence in self._absence:
+            self._absences(absence, now, events)
+        for (name, key), alert in list(self._alerts.items()):
+            rule = self._by_name[name]
+            if alert.state != "firing":
+                continue
+            if not alert.notified:
+                self._notify_firing(rule, key, alert, now, events, first=False)
+                continue
+            first = self._first_route(rule, key)
+            route = self._route_at(first, alert.escalation)
+            escalate_after = None
+            if route is not None and route.escalate_to and route.escalate_after_s is not None:
+                escalate_after = int(route.escalate_after_s * 1000)
+            _, _, repeat_s = self.rules.lifecycle(rule)
+            due = alert.due(
+                now, repeat_interval_ms=int(repeat_s * 1000), escalate_after_ms=escalate_after
+            )
+            if due == "escalate" and route is not None and route.escalate_to:
+                target = next(r for r in self.rules.routes if r.name == route.escalate_to)
+                event = self._event(rule, key, alert, "escalate", now, now, target.channels)
+                events.append(event)
+                if not event.suppressed_by:
+                    alert.mark_notified(target.channels, now)
+                    alert.mark_escalated(now)
+            elif due == "repeat":
+                event = self._event(rule, key, alert, "repeat", now, now, alert.notified_channels)
+                events.append(event)
+                if not event.suppressed_by:
+                    alert.mark_notified((), now)
+                    alert.repeats += 1
+        return events
+
+    def _absences(self, rule: AbsenceRule, now: int, events: list[AlertEvent]) -> None:
+        absent_ms = int(rule.absent_for_s * 1000)
+        known_ms = int(rule.known_for_s * 1000)
+        stalled = sorted(p for p, seen in self._partition_seen.items() if now - seen >= absent_ms)
+        pipeline = self._alerts.get((rule.name, PIPELINE))
+        if stalled or pipeline is not None:
+            self._labels.setdefault(
+                f"{PIPELINE}:{rule.name}",
+                dict.fromkeys((*_TAGS, "server")) | {"scope": PIPELINE, "partitions": None},
+            )
+            if stalled:
+                self._labels[f"{PIPELINE}:{rule.name}"]["partitions"] = ",".join(map(str, stalled))
+            value = float(len(stalled))
+            self._fold(rule, PIPELINE, bool(stalled), value, now, now, events)
+        stalled_set = set(stalled)
+        for server_id, seen in self._server_seen.items():
+            if now - seen >= known_ms or self._partition_of.get(server_id) in stalled_set:
+                continue  # forgotten, or its whole partition is silent: the pipeline alert
+            if not rule.labels.matches(self._labels[server_id]):
+                continue
+            silent = now - seen >= absent_ms
+            if silent or (rule.name, server_id) in self._alerts:
+                self._fold(rule, server_id, silent, (now - seen) / 1000, now, now, events)
+
+    # -- lifecycle and routing -----------------------------------------------------------
+
+    def _fold(
+        self,
+        rule: Rule,
+        key: str,
+        active: bool,
+        value: float | None,
+        at: int,
+        now: int,
+        events: list[AlertEvent],
+    ) -> None:
+        alert = self._alerts.get((rule.name, key))
+        if alert is None:
+            if not active:
+                return
+            alert = self._alerts[(rule.name, key)] = Alert()
+        for_s, keep_s, _ = self.rules.lifecycle(rule)
+        change = alert.evaluate(
+            active, value, at, for_ms=int(for_s * 1000), keep_firing_for_ms=int(keep_s * 1000)
+        )
+        if change == "firing":
+            self._notify_firing(rule, key, alert, now, events, first=True)
+        elif change == "resolved":
+            channels = alert.notified_channels if alert.notified else ()
+            events.append(self._event(rule, key, alert, "resolved", at, now, channels))
+            del self._alerts[(rule.name, key)]
+        elif change == "cancelled":
+            events.append(self._event(rule, key, alert, "cancelled", at, now))
+            del self._alerts[(rule.name, key)]
+        elif change == "pending":
+            events.append(self._event(rule, key, alert, "pending", at, now))
+
+    def _notify_firing(
+        self,
+        rule: Rule,
+        key: str,
+        alert: Alert,
+        now: int,
+        events: list[AlertEvent],
+        *,
+        first: bool,
+    ) -> None:
+        """The firing notification, or, while a silence holds it back, the record of that
+        (once, when the alert fires; it goes out when the silence ends)."""
+        channels = tuple(
+            dict.fromkeys(c for route in self._first_routes(rule, key) for c in route.channels)
+        )
+        at = alert.firing_at if alert.firing_at is not None else now
+        event = self._event(rule, key, alert, "firing", at, now, channels)
+        if not event.suppressed_by:
+            alert.mark_notified(channels, now)
+            events.append(event)
+        elif first:
+            events.append(event)
+
+    def _first_routes(self, rule: Rule, key: str) -> tuple[Route, ...]:
+        return self.rules.routes_for(rule, self._labels.get(self._label_key(rule, key), {}))
+
+    def _first_route(self, rule: Rule, key: str) -> Route | None:
+        routes = self._first_routes(rule, key)
+        return routes[0] if routes else None
+
+    def _route_at(self, route: Route | None, steps: int) -> Route | None:
+        by_name = {r.name: r for r in self.rules.routes}
+        for _ in range(steps):
+            if route is None or route.escalate_to is None:
+                return route
+            route = by_name.get(route.escalate_to)
+        return route
+
+    def _label_key(self, rule: Rule, key: str) -> str:
+        return f"{PIPELINE}:{rule.name}" if key == PIPELINE else key
+
+    def _event(
+        self,
+        rule: Rule,
+        key: str,
+        alert: Alert,
+        change: Change,
+        at: int,
+        now: int,
+        channels: tuple[str, ...] = (),
+    ) -> AlertEvent:
+        labels = dict(self._labels.get(self._label_key(rule, key), {}))
+        suppressed: tuple[str, ...] = ()
+        if channels:
+            suppressed = suppressing(
+                labels, now, silences=self._silences, maintenance=self.rules.maintenance
+            )
+        state = {"resolved": "resolved", "cancelled": "inactive"}.get(change, alert.state)
+        context: dict[str, Any] = {"labels": labels, "value": alert.value, "state": state}
+        episode = alert.firing_at if alert.firing_at is not None else alert.started_at
+        # Numbered, not timed: a replay after a restart produces the same keys.
+        serial = {"repeat": f":{alert.repeats + 1}", "escalate": f":{alert.escalation + 1}"}.get(
+            change, ""
+        )
+        return AlertEvent(
+            alert_id=alert_id(rule.name, key),
+            rule=rule.name,
+            severity=rule.severity,
+            change=change,
+            state=state,
+            labels=labels,
+            value=alert.value,
+            at=at,
+            started_at=alert.started_at,
+            firing_at=alert.firing_at,
+            summary=rule.render("summary", **context),
+            description=rule.render("description", **context),
+            channels=() if suppressed else channels,
+            suppressed_by=suppressed,
+            idempotency_key=f"{alert_id(rule.name, key)}:{episode}:{change}{serial}",
+        )
+
+    # -- API -----------------------------------------------------------------------------
+
+    def acknowledge(self, alert_id_: str, *, by: str, at: int) -> bool:
+        """Acknowledge a firing alert (stops its escalation); False if there is none."""
+        for (name, key), alert in self._alerts.items():
+            if alert_id(name, key) == alert_id_ and alert.state == "firing":
+                alert.acknowledge(by, at)
+                return True
+        return False
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The pending and firing alerts, for the API."""
+        out = []
+        for (name, key), alert in self._alerts.items():
+            rule = self._by_name[name]
+            out.append(
+                {
+                    "id": alert_id(name, key),
+                    "rule": name,
+                    "severity": rule.severity,
+                    "state": alert.state,
+                    "labels": dict(self._labels.get(self._label_key(rule, key), {})),
+                    "value": alert.value,
+                    "started_at": alert.started_at,
+                    "firing_at": alert.firing_at,
+                    "acked_by": alert.acked_by,
+                    "acked_at": alert.acked_at,
+                    "notified_channels": list(alert.notified_channels),
+                }
+            )
+        return out
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly here, as plain data."""
+        return {
+            "alerts": [[n, k, a.to_state()] for (n, k), a in self._alerts.items()],
+            "series": [[s, m, x.to_state()] for (s, m), x in self._series.items()],
+            "labels": self._labels,
+            "server_seen": self._server_seen,
+            "partition_of": self._partition_of,
+            "partition_seen": list(self._partition_seen.items()),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`to_state` (alerts of rules no longer in force are dropped)."""
+        self._alerts = {
+            (n, k): Alert.from_state(a) for n, k, a in state["alerts"] if n in self._by_name
+        }
+        self._series = {
+            (s, m): Series.from_state(self._horizon_ms[m], x)
+            for s, m, x in state["series"]
+            if m in self._horizon_ms
+        }
+        self._labels = {k: dict(v) for k, v in state["labels"].items()}
+        self._server_seen = dict(state["server_seen"])
+        self._partition_of = dict(state["partition_of"])
+        self._partition_seen = {int(p): int(t) for p, t in state["partition_seen"]}
+
+
+def _windows(rule: Rule) -> list[tuple[str, float]]:
+    """(metric, window seconds) pairs whose samples ``rule`` needs."""
+    if isinstance(rule, CompositeRule):
+        return [(c.metric, c.window_s) for c in rule.conditions]
+    if isinstance(rule, ThresholdRule | RateOfChangeRule | AnomalyRule):
+        return [(rule.metric, rule.window_s)]
+    return []
+
+
+def _time_to_limit(last: float, slope: float, rule: RateOfChangeRule) -> float:
+    """Seconds until the line through ``last`` at ``slope`` per second crosses the rule's
+    limit (0 on it, infinite when moving away from it or flat)."""
+    assert rule.limit is not None
+    gap = rule.limit - last
+    if gap == 0:
+        return 0.0
+    if slope == 0 or (gap > 0) != (slope > 0):
+        return math.inf
+    return gap / slope
