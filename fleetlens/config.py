@@ -25,6 +25,7 @@ from pydantic_settings import (
 __all__ = [
     "CONF_DIR",
     "DEFAULT_PROFILE",
+    "AlertSettings",
     "ArchiveSettings",
     "BrokerSettings",
     "CollectorSettings",
@@ -34,6 +35,7 @@ __all__ = [
     "MetricSpec",
     "Settings",
     "SimulatorSettings",
+    "SmtpSettings",
     "SpeedSettings",
     "TopicSpec",
     "load_settings",
@@ -186,6 +188,39 @@ class SpeedSettings(_Section):
         return max(self.dedup_ttl_s or 0, floor + 60)
 
 
+class SmtpSettings(_Section):
+    """The mail server of ``email`` channels."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "fleetlens@localhost"
+    username: str | None = None
+    password: SecretStr | None = None
+    #: ``starttls``: upgrade a plain connection; ``ssl``: TLS from the start (port 465).
+    security: Literal["none", "starttls", "ssl"] = "none"
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class AlertSettings(_Section):
+    """The alert engine, run by the speed layer on the samples it consumes, and the
+    notifier that delivers its notifications."""
+
+    enabled: bool = True
+    #: The rules file; relative paths are taken from the shipped ``conf/``.
+    rules_path: Path = Path("alerts.yaml")
+    #: Cadence of the wall-clock work: absences, repeats, escalations, rules-file changes.
+    tick_interval_s: float = Field(default=1.0, gt=0)
+    notifier_group_id: str = "fleetlens-notifier"
+    #: How long a notification is retried (exponential backoff) before it is reported failed.
+    retry_for_s: float = Field(default=300.0, ge=0)
+    smtp: SmtpSettings = SmtpSettings()
+
+    @property
+    def rules_file(self) -> Path:
+        """The rules file's absolute path."""
+        return self.rules_path if self.rules_path.is_absolute() else CONF_DIR / self.rules_path
+
+
 class SimulatorSettings(_Section):
     collector_url: str = "http://127.0.0.1:8088"
     tenants: tuple[str, ...]
@@ -265,6 +300,7 @@ class Settings(BaseSettings):
     collector: CollectorSettings = CollectorSettings()
     archive: ArchiveSettings = ArchiveSettings()
     speed: SpeedSettings = SpeedSettings()
+    alerts: AlertSettings = AlertSettings()
     spark: SparkSettings = SparkSettings()
     batch: BatchSettings = BatchSettings()
     simulator: SimulatorSettings

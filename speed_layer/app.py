@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -38,6 +38,7 @@ from fleetlens.lake.delta import CommitFailedError
 from fleetlens.lake.paths import Lake
 from fleetlens.logging import get_logger
 from speed_layer.aggregate import aggregate_windows
+from speed_layer.alerting import StreamAlerts
 from speed_layer.checkpoint import FORMAT, CheckpointStore, PartitionCheckpoint
 from speed_layer.fetcher import Fetcher, FetchSpec, PartitionRecords
 from speed_layer.sinks import Agg1mTopic, LateTable, SpeedTable
@@ -63,6 +64,8 @@ class SpeedStats:
     busy_s: float = 0.0
     #: Seconds spent waiting for the fetcher's next records, idle waits included.
     fetch_wait_s: float = 0.0
+    #: Records sent to ``fleet.alerts.v1``, by change (firing, resolved, ...).
+    alerts: dict[str, int] = field(default_factory=dict)
 
 
 class _Metrics:
@@ -121,6 +124,8 @@ class SpeedLayer:
         self._metrics = _Metrics(registry or CollectorRegistry())
         self._timeout_s = settings.kafka.producer.delivery_timeout_ms / 1000
         self.stats = SpeedStats()
+        #: Set it (on SIGHUP) to have the alert rules file read again.
+        self.reload_alerts = threading.Event()
 
     def _windows(self, state: dict[str, Any] | None = None) -> PartitionWindows:
         c = self._cfg
@@ -143,16 +148,19 @@ class SpeedLayer:
 
     def _restore(
         self, partitions: list[int], beginnings: dict[int, int], cluster_id: str | None
-    ) -> tuple[dict[int, PartitionWindows], dict[int, int]]:
-        """Each partition's state and the offset to read from: its checkpoint's, or the
-        beginning of the log."""
+    ) -> tuple[dict[int, PartitionWindows], dict[int, int], dict[int, dict[str, Any]]]:
+        """Each partition's state, the offset to read from (its checkpoint's, or the
+        beginning of the log) and its alert state."""
         states: dict[int, PartitionWindows] = {}
         offsets: dict[int, int] = {}
+        alerts: dict[int, dict[str, Any]] = {}
         for partition in partitions:
             checkpoint = self._store.load(self._topic, partition)
             if checkpoint is not None and checkpoint.cluster_id == cluster_id:
                 states[partition] = self._windows(checkpoint.state)
                 offsets[partition] = max(checkpoint.offset, beginnings[partition])
+                if checkpoint.alerts is not None:
+                    alerts[partition] = checkpoint.alerts
                 continue
             if checkpoint is not None:
                 # The embedded broker starts empty with a new cluster id: old offsets and
@@ -166,7 +174,7 @@ class SpeedLayer:
                 self._store.forget(self._topic, partition)
             states[partition] = self._windows()
             offsets[partition] = beginnings[partition]
-        return states, offsets
+        return states, offsets, alerts
 
     def run(
         self, *, stop: threading.Event | None = None, exit_when_idle_s: float | None = None
@@ -193,12 +201,22 @@ class SpeedLayer:
             dlq = DeadLetterWriter(producer, topic=kafka.topics.dlq.name, stage="speed")
             agg1m = Agg1mTopic(producer, kafka.topics.agg1m.name)
             tables = (SpeedTable(self._lake), LateTable(self._lake))
-            states, offsets = self._restore(partitions, beginnings, cluster_id)
+            states, offsets, alert_states = self._restore(partitions, beginnings, cluster_id)
+            alerts = None
+            if self._settings.alerts.enabled:
+                alerts = StreamAlerts(
+                    self._settings.alerts,
+                    producer,
+                    kafka.topics.alerts.name,
+                    reload=self.reload_alerts,
+                )
+                alerts.restore(alert_states.items())
             fetcher.seek(offsets)
             log.info("speed.started", topic=self._topic, partitions=partitions, offsets=offsets)
-            _Loop(self, fetcher, producer, dlq, agg1m, tables, states, offsets, cluster_id).run(
-                stop, exit_when_idle_s
-            )
+            sinks = _Sinks(producer, dlq, agg1m, alerts, *tables)
+            _Loop(self, fetcher, sinks, states, offsets, cluster_id).run(stop, exit_when_idle_s)
+            if alerts is not None:
+                self.stats.alerts = dict(alerts.sent)
         finally:
             fetcher.close()
             if producer is not None:
@@ -236,6 +254,18 @@ class _SinkJob:
     state_bytes: int = 0
 
 
+@dataclass
+class _Sinks:
+    """Where the loop's outputs go."""
+
+    producer: KafkaProducer
+    dlq: DeadLetterWriter
+    agg1m: Agg1mTopic
+    alerts: StreamAlerts | None
+    table: SpeedTable
+    late_table: LateTable
+
+
 class _Loop:
     """One run's moving parts; split from :class:`SpeedLayer` to keep each method short."""
 
@@ -243,10 +273,7 @@ class _Loop:
         self,
         layer: SpeedLayer,
         fetcher: Fetcher,
-        producer: KafkaProducer,
-        dlq: DeadLetterWriter,
-        agg1m: Agg1mTopic,
-        tables: tuple[SpeedTable, LateTable],
+        sinks: _Sinks,
         states: dict[int, PartitionWindows],
         offsets: dict[int, int],
         cluster_id: str | None,
@@ -254,10 +281,11 @@ class _Loop:
         self.layer = layer
         self.cfg = layer._cfg
         self.fetcher = fetcher
-        self.producer = producer
-        self.dlq = dlq
-        self.agg1m = agg1m
-        self.table, self.late_table = tables
+        self.producer = sinks.producer
+        self.dlq = sinks.dlq
+        self.agg1m = sinks.agg1m
+        self.alerts = sinks.alerts
+        self.table, self.late_table = sinks.table, sinks.late_table
         # Late counts already written, per partition: only changes are upserted.
         self.reported_late: dict[int, dict[int, int]] = {p: {} for p in states}
         self.states = states
@@ -303,6 +331,8 @@ class _Loop:
                 self._process(batch, now)
                 self.last_batch_done_at = time.monotonic()
             self._advance_idle(now)
+            if self.alerts is not None:
+                self.alerts.tick(int(time.time() * 1000))
             for state in self.states.values():
                 for window in state.close_ready():
                     self.pending.append(window)
@@ -318,6 +348,7 @@ class _Loop:
 
     def _process(self, batch: list[PartitionRecords], now: float) -> None:
         topic = self.layer._topic
+        alerts, now_ms = self.alerts, int(time.time() * 1000)
         records = points = dlq = 0
         before = {p: (s.duplicates, s.late_dropped) for p, s in self.states.items()}
         for chunk in batch:
@@ -343,7 +374,8 @@ class _Loop:
                 assert value is not None  # the fetcher rejects tombstones
                 event = decode_canonical(value)
                 points += len(event.metrics)
-                state.process(event)
+                if state.process(event) and alerts is not None:
+                    alerts.observe(event, partition=partition, now_ms=now_ms)
             if chunk.offsets:
                 self.positions[partition] = chunk.offsets[-1] + 1
         duplicates = sum(s.duplicates - before[p][0] for p, s in self.states.items())
@@ -392,6 +424,7 @@ class _Loop:
             self.agg1m.send(rows)
             lap("agg1m")
         store = self.layer._store
+        alert_states = self.alerts.partition_states(self.states) if self.alerts else {}
         checkpoints = [
             (
                 partition,
@@ -404,6 +437,7 @@ class _Loop:
                         cluster_id=self.cluster_id,
                         state=state.to_state(),
                         format=FORMAT,
+                        alerts=alert_states.get(partition),
                     )
                 ),
             )
@@ -413,7 +447,9 @@ class _Loop:
         job = _SinkJob(
             rows=rows,
             late=self._late_changes(),
-            acks=self.agg1m.take_pending() + self.dlq.take_pending(),
+            acks=self.agg1m.take_pending()
+            + self.dlq.take_pending()
+            + (self.alerts.take_pending() if self.alerts else []),
             checkpoints=checkpoints,
             records=self.stats.records,
             started=started,

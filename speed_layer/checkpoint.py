@@ -33,6 +33,8 @@ class PartitionCheckpoint(msgspec.Struct):
     cluster_id: str | None
     state: dict[str, Any]
     format: int = 1
+    #: The alert engine's share of this partition (its servers' alerts and samples).
+    alerts: dict[str, Any] | None = None
 
 
 class CheckpointStore:

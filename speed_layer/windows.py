@@ -191,8 +191,9 @@ class PartitionWindows:
         assert self._dedup is not None
         return self._dedup
 
-    def process(self, event: Event) -> None:
-        """Fold one validated event into its window (or count it as duplicate or late)."""
+    def process(self, event: Event) -> bool:
+        """Fold one validated event into its window (or count it as duplicate or late);
+        True if it was folded."""
         self.records += 1
         ts = event.ts
         dedup = self._dedup
@@ -204,13 +205,13 @@ class PartitionWindows:
             self.late_by_window = {s: n for s, n in self.late_by_window.items() if s >= horizon}
         if dedup.seen(event.event_id, ts):
             self.duplicates += 1
-            return
+            return False
         start = ts - ts % self.size_ms
         if start + self.size_ms <= self.watermark:
             # Its window was already emitted as final: the batch layer will include it.
             self.late_dropped += 1
             self.late_by_window[start] = self.late_by_window.get(start, 0) + 1
-            return
+            return False
         window = self._open.get(start)
         if window is None:
             window = self._open[start] = OpenWindow(start)
@@ -218,6 +219,7 @@ class PartitionWindows:
         if ts > self.max_ts:
             self.max_ts = ts
             self.watermark = max(self.watermark, ts - self.lateness_ms)
+        return True
 
     def advance_to(self, watermark: int) -> None:
         """Move the watermark forward (never back), e.g. for a partition that went idle."""

@@ -483,31 +483,58 @@ class AlertEngine:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def to_state(self) -> dict[str, Any]:
-        """Everything needed to resume exactly here, as plain data."""
-        return {
-            "alerts": [[n, k, a.to_state()] for (n, k), a in self._alerts.items()],
-            "series": [[s, m, x.to_state()] for (s, m), x in self._series.items()],
-            "labels": self._labels,
-            "server_seen": self._server_seen,
-            "partition_of": self._partition_of,
-            "partition_seen": list(self._partition_seen.items()),
+    def partition_states(self, partitions: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Each partition's share of the state, as plain data: the alerts and samples of the
+        servers last heard of on it (so it is consistent with that partition's checkpointed
+        offset). The pipeline alerts go with every partition."""
+        out: dict[int, dict[str, Any]] = {
+            p: {"alerts": [], "series": [], "servers": [], "partition_seen": []} for p in partitions
         }
+        for server_id, partition in self._partition_of.items():
+            part = out.get(partition)
+            if part is not None:
+                seen = self._server_seen.get(server_id)
+                part["servers"].append([server_id, self._labels[server_id], seen])
+        for (name, key), alert in self._alerts.items():
+            if key == PIPELINE:
+                for part in out.values():
+                    labels = self._labels.get(self._label_key(self._by_name[name], key))
+                    part["alerts"].append([name, key, alert.to_state(), labels])
+            else:
+                part = out.get(self._partition_of.get(key, -1))
+                if part is not None:
+                    part["alerts"].append([name, key, alert.to_state(), None])
+        for (server_id, metric), series in self._series.items():
+            part = out.get(self._partition_of.get(server_id, -1))
+            if part is not None:
+                part["series"].append([server_id, metric, series.to_state()])
+        for partition, part in out.items():
+            if partition in self._partition_seen:
+                part["partition_seen"] = [[partition, self._partition_seen[partition]]]
+        return out
 
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`to_state` (alerts of rules no longer in force are dropped)."""
-        self._alerts = {
-            (n, k): Alert.from_state(a) for n, k, a in state["alerts"] if n in self._by_name
-        }
-        self._series = {
-            (s, m): Series.from_state(self._horizon_ms[m], x)
-            for s, m, x in state["series"]
-            if m in self._horizon_ms
-        }
-        self._labels = {k: dict(v) for k, v in state["labels"].items()}
-        self._server_seen = dict(state["server_seen"])
-        self._partition_of = dict(state["partition_of"])
-        self._partition_seen = {int(p): int(t) for p, t in state["partition_seen"]}
+    def restore(self, states: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+        """Resume from :meth:`partition_states` of the partitions this engine now reads
+        (alerts and samples of rules no longer in force are dropped)."""
+        for partition, state in states:
+            for server_id, labels, seen in state["servers"]:
+                self._labels[server_id] = dict(labels)
+                self._partition_of[server_id] = partition
+                if seen is not None:
+                    self._server_seen[server_id] = seen
+            for name, key, alert, labels in state["alerts"]:
+                rule = self._by_name.get(name)
+                if rule is None:
+                    continue
+                self._alerts[(name, key)] = Alert.from_state(alert)
+                if labels is not None:
+                    self._labels[self._label_key(rule, key)] = dict(labels)
+            for server_id, metric, series in state["series"]:
+                if metric in self._horizon_ms:
+                    horizon = self._horizon_ms[metric]
+                    self._series[(server_id, metric)] = Series.from_state(horizon, series)
+            for p, seen in state["partition_seen"]:
+                self._partition_seen[int(p)] = int(seen)
 
 
 def _windows(rule: Rule) -> list[tuple[str, float]]:

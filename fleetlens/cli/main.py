@@ -27,12 +27,14 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
 broker_app = typer.Typer(no_args_is_help=True, help="The embedded Kafka broker (Tansu).")
 speed_app = typer.Typer(no_args_is_help=True, help="The speed layer: live window aggregates.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alerting: rules and notifications.")
 simulate_app = typer.Typer(no_args_is_help=True, help="Simulated fleets: live or history.")
 spark_app = typer.Typer(no_args_is_help=True, help="The batch layer's Spark jobs.")
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(speed_app, name="speed")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(spark_app, name="spark")
 
 console = Console(stderr=True)
@@ -216,7 +218,55 @@ def speed_run(
         start_http_server(port)
     stop = threading.Event()
     _stop_on_signals(stop)
-    stats = SpeedLayer(settings, registry=REGISTRY).run(stop=stop, exit_when_idle_s=exit_when_idle)
+    layer = SpeedLayer(settings, registry=REGISTRY)
+    signal.signal(signal.SIGHUP, lambda *_: layer.reload_alerts.set())  # re-read alert rules
+    stats = layer.run(stop=stop, exit_when_idle_s=exit_when_idle)
+    print(json.dumps(vars(stats)))
+
+
+# -- alerts -------------------------------------------------------------------------------
+
+
+@alerts_app.command("check")
+def alerts_check(
+    ctx: typer.Context,
+    rules: Annotated[
+        Path | None, typer.Option(help="Rules file (default: alerts.rules_path).")
+    ] = None,
+) -> None:
+    """Validate a rules file; exits 1 naming the rule and field at fault."""
+    from fleetlens.alerts.rules import RulesError, load_rules
+
+    path = rules or _settings(ctx).alerts.rules_file
+    try:
+        ruleset = load_rules(path)
+    except RulesError as error:
+        console.print(str(error), markup=False, style="red")
+        raise typer.Exit(1) from None
+    print(json.dumps({"path": str(path), "rules": [r.name for r in ruleset.rules]}))
+
+
+@alerts_app.command("notify")
+def alerts_notify(
+    ctx: typer.Context,
+    exit_when_idle: Annotated[
+        float | None, typer.Option(help="Stop once no record came for this many seconds.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+) -> None:
+    """Deliver the notifications on fleet.alerts.v1 (webhook, email, log, Apprise)."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from fleetlens.alerts.notifier import Notifier
+
+    settings = _settings(ctx)
+    if metrics_port:
+        start_http_server(metrics_port)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    stats = Notifier(settings, registry=REGISTRY).run(stop=stop, exit_when_idle_s=exit_when_idle)
     print(json.dumps(vars(stats)))
 
 

@@ -378,9 +378,10 @@ def test_absence_pages_a_silent_server_and_a_silent_partition_once() -> None:
 def test_a_restored_engine_does_not_page_again_and_resolves_once() -> None:
     eng = engine(cpu_rule(window="10s"))
     assert changes(feed(eng, [95, 95])) == [("firing", 0, ("hook", "mail"))]
-    state = msgspec.msgpack.decode(msgspec.msgpack.encode(eng.to_state()))
+    states = msgspec.msgpack.decode(msgspec.msgpack.encode(eng.partition_states([0, 1])))
+    assert states[1]["alerts"] == [] and len(states[0]["alerts"]) == 1
     restored = engine(cpu_rule(window="10s"))
-    restored.restore(state)
+    restored.restore((int(p), state) for p, state in states.items())
     assert feed(restored, [95, 95], start=T0 + 20 * S) == []
     assert changes(feed(restored, [10], start=T0 + 40 * S)) == [("resolved", 40, ("hook", "mail"))]
 

@@ -1,0 +1,141 @@
+"""The alert engine on the speed layer's stream.
+
+Every sample the layer folds is evaluated at once (:class:`fleetlens.alerts.engine.AlertEngine`),
+and every transition and notification is sent to ``fleet.alerts.v1`` as soon as it happens,
+keyed by alert id (so an alert's records stay in order), not at the next commit: the
+notifier reads them from there. The commit acknowledges them before it writes the
+checkpoints, which hold each partition's alert state, so a crash neither forgets an alert nor
+loses a record of it; records replayed after a crash carry the same idempotency keys, which
+the notifier delivers once.
+
+The rules file is reloaded when it changes or on SIGHUP; a file that does not validate is
+refused with the reason logged, and the rules in force stay in force.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from kafka import KafkaProducer
+
+from fleetlens.alerts.engine import AlertEngine, AlertEvent, BaselineLookup
+from fleetlens.alerts.rules import RulesError, load_rules
+from fleetlens.config import AlertSettings
+from fleetlens.contract import Event
+from fleetlens.logging import get_logger
+
+__all__ = ["StreamAlerts"]
+
+log = get_logger("speed.alerts")
+
+
+class StreamAlerts:
+    """Rules evaluated on the layer's samples, transitions sent to ``fleet.alerts.v1``.
+
+    Args:
+        settings: The ``alerts`` settings (rules file, tick cadence).
+        producer: The layer's producer.
+        topic: ``fleet.alerts.v1``.
+        reload: Set (by a SIGHUP handler) to reload the rules file at the next tick.
+        baselines: Where anomaly rules find baselines (none: they stay silent).
+    """
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        producer: KafkaProducer,
+        topic: str,
+        *,
+        reload: threading.Event | None = None,
+        baselines: BaselineLookup | None = None,
+    ) -> None:
+        self._path = settings.rules_file
+        self._tick_ms = int(settings.tick_interval_s * 1000)
+        self._producer = producer
+        self._topic = topic
+        self._reload = reload or threading.Event()
+        self._mtime = _mtime(self._path)
+        self.engine = AlertEngine(load_rules(self._path), baselines=baselines)
+        self._encoder = msgspec.json.Encoder()
+        self._pending: list[Any] = []
+        self._next_tick = 0
+        #: Records sent, by change (firing, resolved...), for the run's summary.
+        self.sent: dict[str, int] = {}
+        log.info("alerts.rules_loaded", path=str(self._path), rules=len(self.engine.rules.rules))
+
+    def observe(self, event: Event, *, partition: int, now_ms: int) -> None:
+        """Evaluate the rules on one folded sample."""
+        self._send(
+            self.engine.observe(
+                event.server_id,
+                event.tags,
+                event.ts,
+                event.metrics,
+                partition=partition,
+                now=now_ms,
+            )
+        )
+
+    def tick(self, now_ms: int) -> None:
+        """The wall-clock work, at most every ``tick_interval_s``: a changed rules file,
+        absences, held-back notifications, repeats and escalations."""
+        if now_ms < self._next_tick:
+            return
+        self._next_tick = now_ms + self._tick_ms
+        self._maybe_reload(now_ms)
+        self._send(self.engine.tick(now_ms))
+
+    def _maybe_reload(self, now_ms: int) -> None:
+        mtime = _mtime(self._path)
+        if not self._reload.is_set() and mtime == self._mtime:
+            return
+        self._reload.clear()
+        self._mtime = mtime
+        try:
+            rules = load_rules(self._path)
+        except (RulesError, OSError) as error:
+            log.error("alerts.reload_refused", path=str(self._path), error=str(error))
+            return
+        self._send(self.engine.reload(rules, now=now_ms))
+        log.info("alerts.rules_reloaded", path=str(self._path), rules=len(rules.rules))
+
+    def _send(self, events: list[AlertEvent]) -> None:
+        for event in events:
+            future = self._producer.send(
+                self._topic, key=event.alert_id.encode(), value=self._encoder.encode(event)
+            )
+            self._pending.append(future)
+            self.sent[event.change] = self.sent.get(event.change, 0) + 1
+            log.info(
+                f"alert.{event.change}",
+                rule=event.rule,
+                alert_id=event.alert_id,
+                server=event.labels.get("server"),
+                value=event.value,
+                channels=list(event.channels),
+                suppressed_by=list(event.suppressed_by),
+            )
+
+    def take_pending(self) -> list[Any]:
+        """Futures of the records sent since the last call (acknowledged by the commit)."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def partition_states(self, partitions: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Each partition's alert state, for its checkpoint."""
+        return self.engine.partition_states(partitions)
+
+    def restore(self, states: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+        """Resume from the partitions' checkpoints."""
+        self.engine.restore(states)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None

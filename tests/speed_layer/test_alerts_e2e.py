@@ -1,0 +1,188 @@
+"""Alert rules evaluated by the speed layer on the real embedded broker: a CPU incident on
+one server gives one firing and one resolved record on fleet.alerts.v1, at the event times the
+rule implies; a restart from the checkpoints does not fire it again."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from email import message_from_bytes
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiosmtpd.controller import Controller
+from test_speed_e2e import read_topic_raw
+
+from fleetlens.alerts.engine import AlertEvent
+from fleetlens.alerts.notifier import Notifier
+from fleetlens.config import Settings, load_settings
+from fleetlens.kafka.clients import make_producer
+from ports import free_port
+from speed_layer.app import SpeedLayer
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+RULES = """
+defaults: {for: 30s, keep_firing_for: 0s, repeat_interval: 4h}
+channels: {log: {type: log}}
+routes: [{name: all, channels: [log]}]
+rules:
+  - name: high-cpu
+    type: threshold
+    severity: critical
+    labels: {env: prod}
+    metric: cpu_pct
+    aggregation: avg
+    window: 30s
+    op: ">"
+    value: 90
+    summary: "CPU {{ value | round(1) }} on {{ labels.server }}"
+"""
+SERVERS = ("web-1", "web-2", "web-hot", "db-1")
+
+
+def produce(settings: Settings, *, start_s: int, ticks: range) -> None:
+    """Every server every 10 s; web-hot at 99 % from 120 s to 240 s, the rest at 20 %."""
+    producer = make_producer(settings.kafka)
+    for tick in ticks:
+        ts_ms = (start_s + tick * 10) * 1000
+        for server in SERVERS:
+            hot = server == "web-hot" and 120 <= tick * 10 < 240
+            event = {
+                "schema_version": 1,
+                "event_id": str(uuid.uuid4()),
+                "server_id": server,
+                "ts": ts_ms,
+                "metrics": {"cpu_pct": 99.0 if hot else 20.0, "mem_pct": 40.0},
+                "tags": {"tenant": "acme", "env": "prod", "service": "web"},
+            }
+            producer.send(
+                settings.kafka.topics.metrics.name,
+                key=server.encode(),
+                value=msgspec.json.encode(event),
+            )
+    producer.flush()
+    producer.close()
+
+
+def alert_records(settings: Settings) -> list[AlertEvent]:
+    decoder = msgspec.json.Decoder(AlertEvent)
+    return [
+        decoder.decode(v) for _, v in read_topic_raw(settings, settings.kafka.topics.alerts.name)
+    ]
+
+
+def test_an_incident_fires_and_resolves_once_and_a_restart_does_not_fire_again(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(RULES)
+    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
+    monkeypatch.setenv("FLEETLENS_SPEED__CHECKPOINT_INTERVAL_S", "0.5")
+    start_s = int(time.time()) // 60 * 60 - 900
+    # First run: up to the middle of the incident (firing, not yet resolved).
+    produce(settings, start_s=start_s, ticks=range(0, 20))
+    first = SpeedLayer(load_settings()).run(exit_when_idle_s=2)
+    assert first.alerts == {"pending": 1, "firing": 1}
+    # Second run, from the checkpoints: the incident ends; nothing fires a second time.
+    produce(settings, start_s=start_s, ticks=range(20, 36))
+    second = SpeedLayer(load_settings()).run(exit_when_idle_s=2)
+    assert second.alerts == {"resolved": 1}
+
+    records = alert_records(settings)
+    assert [(r.change, r.labels["server"], (r.at // 1000) - start_s) for r in records] == [
+        ("pending", "web-hot", 140),  # avg over (110, 140] s: 99, 99, 99
+        ("firing", "web-hot", 170),  # held for 30 s
+        ("resolved", "web-hot", 240),  # the first sample back at 20 %: avg 72.7
+    ]
+    firing = records[1]
+    assert firing.channels == ("log",) and firing.summary == "CPU 99.0 on web-hot"
+    assert records[2].channels == ("log",)
+    assert len({r.idempotency_key for r in records}) == 3
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A real HTTP receiver: records each POST's body and Idempotency-Key."""
+
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append((self.headers["Idempotency-Key"], json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Mailbox:
+    """aiosmtpd handler keeping the messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+def test_the_notifier_delivers_once_per_channel_even_when_records_are_replayed(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    mailbox = Mailbox()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    Receiver.received = []
+    try:
+        rules = tmp_path / "alerts.yaml"
+        rules.write_text(
+            RULES.replace(
+                "channels: {log: {type: log}}",
+                "channels: {log: {type: log}, hook: {type: webhook, url: "
+                f"'http://127.0.0.1:{http.server_address[1]}/alerts'}}, "
+                "mail: {type: email, to: [sre@example.com]}}",
+            ).replace("channels: [log]", "channels: [hook, mail, log]")
+        )
+        monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
+        monkeypatch.setenv("FLEETLENS_ALERTS__SMTP__PORT", str(smtp.port))
+        monkeypatch.setenv("FLEETLENS_ALERTS__RETRY_FOR_S", "5")
+        start_s = int(time.time()) // 60 * 60 - 900
+        produce(settings, start_s=start_s, ticks=range(0, 36))
+        assert SpeedLayer(load_settings()).run(exit_when_idle_s=2).alerts == {
+            "pending": 1,
+            "firing": 1,
+            "resolved": 1,
+        }
+        stats = Notifier(load_settings()).run(exit_when_idle_s=2)
+        assert stats.delivered == {"hook": 2, "mail": 2, "log": 2}
+        assert [body["change"] for _, body in Receiver.received] == ["firing", "resolved"]
+        assert sorted(m["Subject"].split("]")[0] for m in mailbox.messages) == [
+            "[FIRING",
+            "[RESOLVED",
+        ]
+        # A restarted speed layer sends records again with the same keys: not delivered twice.
+        (firing,) = [r for r in alert_records(settings) if r.change == "firing"]
+        producer = make_producer(settings.kafka)
+        producer.send(
+            settings.kafka.topics.alerts.name,
+            key=firing.alert_id.encode(),
+            value=msgspec.json.encode(firing),
+        )
+        producer.flush()
+        producer.close()
+        again = Notifier(load_settings()).run(exit_when_idle_s=2)
+        assert (again.records, again.duplicates, again.delivered) == (1, 3, {})
+        assert len(Receiver.received) == 2 and len(mailbox.messages) == 2
+        assert Receiver.received[0][0] == firing.idempotency_key
+    finally:
+        http.shutdown()
+        smtp.stop()
