@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +109,16 @@ def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 
 def _wait_committed(
-    settings: Settings, group_id: str, service: ServiceProcess, timeout_s: float
+    settings: Settings,
+    group_id: str,
+    service: ServiceProcess,
+    timeout_s: float,
+    *,
+    topic: str | None = None,
 ) -> None:
-    """Wait until a consumer group's committed offsets reach the log end of every partition."""
-    topic = settings.kafka.topics.metrics.name
+    """Wait until a consumer group's committed offsets reach the log end of every partition
+    of ``topic`` (default: the metrics topic)."""
+    topic = topic or settings.kafka.topics.metrics.name
     ends = _end_offsets(settings, topic)
     consumer = make_consumer(settings.kafka, group_id=group_id)
     try:
@@ -191,7 +198,8 @@ def run_demo(
     collector = ServiceProcess("collector", ["collector"], log_dir=run_dir, env=env)
     archiver = ServiceProcess("archiver", ["archive"], log_dir=run_dir, env=env)
     speed = ServiceProcess("speed", ["speed", "run"], log_dir=run_dir, env=env)
-    services = [collector, archiver, speed]
+    notifier = ServiceProcess("notifier", ["alerts", "notify"], log_dir=run_dir, env=env)
+    services = [collector, archiver, speed, notifier]
     try:
         for attempt in tenacity.Retrying(
             stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.2), reraise=True
@@ -208,16 +216,13 @@ def run_demo(
             f"  speed      → {settings.lake.root}/tables/speed_1m, "
             f"{settings.kafka.topics.agg1m.name}   log {speed.log_path}"
         )
+        say(
+            f"  alerts     {settings.alerts.rules_file} → {settings.kafka.topics.alerts.name}"
+            f"   notifier log {notifier.log_path}"
+        )
         say(f"  running for {duration_s:.0f} s" if duration_s else "  Ctrl-C to stop")
 
-        fleet = Fleet(
-            FleetSpec.from_settings(
-                settings.simulator,
-                servers=servers,
-                seed=seed,
-                anchor_s=int(time.time()) // 86_400 * 86_400,
-            )
-        )
+        fleet = _demo_fleet(settings, servers=servers, seed=seed, now_s=int(time.time()))
         faults = DEMO_FAULTS if inject_faults else FaultSpec()
         producer = make_producer(settings.kafka)
         metrics_topic = settings.kafka.topics.metrics.name
@@ -238,11 +243,16 @@ def run_demo(
         say("draining: waiting for archiver and speed layer to commit everything on the topic…")
         _wait_committed(settings, settings.archive.group_id, archiver, timeout_s=120)
         _wait_committed(settings, settings.speed.group_id, speed, timeout_s=120)
+        speed.stop()  # its last commit sends what the stop resolved
+        alerts_topic = settings.kafka.topics.alerts.name
+        group = settings.alerts.notifier_group_id
+        _wait_committed(settings, group, notifier, timeout_s=120, topic=alerts_topic)
         for service in services:
             service.stop()
         dead = _dead_letters(settings, dlq_before)
         archived = count_archived(Lake(settings.lake), since_ms=since_ms)
         speed_stats = _last_json_line(speed.log_path)
+        notifier_stats = _last_json_line(notifier.log_path)
     finally:
         for service in services:
             service.stop()
@@ -265,7 +275,44 @@ def run_demo(
         "raw_malformed": stats.raw_malformed,
         "retries": stats.retries,
         "failed_requests": stats.failed_requests,
+        "alerts": _alert_summary(settings, speed_stats, notifier_stats),
         "lake": settings.lake.root,
+    }
+
+
+def _demo_fleet(settings: Settings, *, servers: int, seed: int, now_s: int) -> Fleet:
+    """The simulated fleet, with a CPU incident on one production server from 20 s to 4 min
+    20 s into the run, and another server silent from 30 s to 10 min 30 s."""
+    spec = FleetSpec.from_settings(
+        settings.simulator, servers=servers, seed=seed, anchor_s=now_s // 86_400 * 86_400
+    )
+    tags = Fleet(spec).tags
+    prod = [i for i, t in enumerate(tags) if t["env"] == "prod"] or [0]
+    hot, silent = prod[0], (prod[0] + 1) % servers
+    return Fleet(
+        replace(
+            spec,
+            scripted_incidents=((hot, now_s + 20, now_s + 260),),
+            scripted_silences=((silent, now_s + 30, now_s + 630),),
+        )
+    )
+
+
+def _alert_summary(
+    settings: Settings, speed: dict[str, Any], notifier: dict[str, Any]
+) -> dict[str, dict[str, int]]:
+    """Per rule of the rules file: alerts fired and resolved, notifications delivered."""
+    from fleetlens.alerts.rules import load_rules
+
+    by_rule = speed.get("alerts_by_rule") or {}
+    delivered = notifier.get("delivered_by_rule") or {}
+    return {
+        rule.name: {
+            "fired": by_rule.get(rule.name, {}).get("firing", 0),
+            "resolved": by_rule.get(rule.name, {}).get("resolved", 0),
+            "notifications": delivered.get(rule.name, 0),
+        }
+        for rule in load_rules(settings.alerts.rules_file).rules
     }
 
 

@@ -22,10 +22,12 @@ from typing import Any
 import msgspec
 from kafka import KafkaProducer
 
-from fleetlens.alerts.engine import AlertEngine, AlertEvent, BaselineLookup
-from fleetlens.alerts.rules import RulesError, load_rules
+from fleetlens.alerts.baselines import DeltaBaselines
+from fleetlens.alerts.engine import AlertEngine, AlertEvent
+from fleetlens.alerts.rules import AnomalyRule, RulesError, RuleSet, load_rules
 from fleetlens.config import AlertSettings
 from fleetlens.contract import Event
+from fleetlens.lake.paths import Lake
 from fleetlens.logging import get_logger
 
 __all__ = ["StreamAlerts"]
@@ -41,7 +43,7 @@ class StreamAlerts:
         producer: The layer's producer.
         topic: ``fleet.alerts.v1``.
         reload: Set (by a SIGHUP handler) to reload the rules file at the next tick.
-        baselines: Where anomaly rules find baselines (none: they stay silent).
+        lake: Where anomaly rules find ``baseline_hourly``.
     """
 
     def __init__(
@@ -50,8 +52,8 @@ class StreamAlerts:
         producer: KafkaProducer,
         topic: str,
         *,
+        lake: Lake,
         reload: threading.Event | None = None,
-        baselines: BaselineLookup | None = None,
     ) -> None:
         self._path = settings.rules_file
         self._tick_ms = int(settings.tick_interval_s * 1000)
@@ -59,12 +61,15 @@ class StreamAlerts:
         self._topic = topic
         self._reload = reload or threading.Event()
         self._mtime = _mtime(self._path)
-        self.engine = AlertEngine(load_rules(self._path), baselines=baselines)
+        rules = load_rules(self._path)
+        self._baselines = DeltaBaselines(lake, _anomaly_metrics(rules))
+        self.engine = AlertEngine(rules, baselines=self._baselines)
         self._encoder = msgspec.json.Encoder()
         self._pending: list[Any] = []
         self._next_tick = 0
-        #: Records sent, by change (firing, resolved...), for the run's summary.
+        #: Records sent, by change (firing, resolved...), and by rule and change.
         self.sent: dict[str, int] = {}
+        self.sent_by_rule: dict[str, dict[str, int]] = {}
         log.info("alerts.rules_loaded", path=str(self._path), rules=len(self.engine.rules.rules))
 
     def observe(self, event: Event, *, partition: int, now_ms: int) -> None:
@@ -87,6 +92,7 @@ class StreamAlerts:
             return
         self._next_tick = now_ms + self._tick_ms
         self._maybe_reload(now_ms)
+        self._baselines.refresh(now_ms)
         self._send(self.engine.tick(now_ms))
 
     def _maybe_reload(self, now_ms: int) -> None:
@@ -100,6 +106,7 @@ class StreamAlerts:
         except (RulesError, OSError) as error:
             log.error("alerts.reload_refused", path=str(self._path), error=str(error))
             return
+        self._baselines.set_metrics(_anomaly_metrics(rules))
         self._send(self.engine.reload(rules, now=now_ms))
         log.info("alerts.rules_reloaded", path=str(self._path), rules=len(rules.rules))
 
@@ -110,6 +117,8 @@ class StreamAlerts:
             )
             self._pending.append(future)
             self.sent[event.change] = self.sent.get(event.change, 0) + 1
+            by_rule = self.sent_by_rule.setdefault(event.rule, {})
+            by_rule[event.change] = by_rule.get(event.change, 0) + 1
             log.info(
                 f"alert.{event.change}",
                 rule=event.rule,
@@ -132,6 +141,10 @@ class StreamAlerts:
     def restore(self, states: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
         """Resume from the partitions' checkpoints."""
         self.engine.restore(states)
+
+
+def _anomaly_metrics(rules: RuleSet) -> list[str]:
+    return [r.metric for r in rules.rules if isinstance(r, AnomalyRule)]
 
 
 def _mtime(path: Path) -> float | None:

@@ -64,8 +64,9 @@ class SpeedStats:
     busy_s: float = 0.0
     #: Seconds spent waiting for the fetcher's next records, idle waits included.
     fetch_wait_s: float = 0.0
-    #: Records sent to ``fleet.alerts.v1``, by change (firing, resolved, ...).
+    #: Records sent to ``fleet.alerts.v1``, by change (firing, resolved, ...), and by rule.
     alerts: dict[str, int] = field(default_factory=dict)
+    alerts_by_rule: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class _Metrics:
@@ -208,6 +209,7 @@ class SpeedLayer:
                     self._settings.alerts,
                     producer,
                     kafka.topics.alerts.name,
+                    lake=self._lake,
                     reload=self.reload_alerts,
                 )
                 alerts.restore(alert_states.items())
@@ -217,6 +219,7 @@ class SpeedLayer:
             _Loop(self, fetcher, sinks, states, offsets, cluster_id).run(stop, exit_when_idle_s)
             if alerts is not None:
                 self.stats.alerts = dict(alerts.sent)
+                self.stats.alerts_by_rule = alerts.sent_by_rule
         finally:
             fetcher.close()
             if producer is not None:

@@ -91,5 +91,14 @@ def test_demo_bounded_run_archives_everything_accepted(
     assert summary["sent"] == summary["accepted"] + summary["rejected"]
     assert summary["dlq"] == summary["raw_malformed"] > 0
     assert summary["failed_requests"] == 0
+    # The alert engine ran with the shipped rules (its incident needs minutes to fire).
+    assert set(summary["alerts"]) == {
+        "high-cpu",
+        "memory-pressure",
+        "disk-filling",
+        "server-silent",
+        "cpu-anomaly",
+    }
+    assert all(set(v) == {"fired", "resolved", "notifications"} for v in summary["alerts"].values())
     # The demo stopped the broker it started.
     assert run(["broker", "status"], own_env, tmp_path).returncode == 1

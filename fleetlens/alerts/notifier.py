@@ -48,6 +48,8 @@ class NotifierStats:
     delivered: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     failed: dict[str, int] = field(default_factory=dict)
+    #: Notifications delivered, per rule (all channels).
+    delivered_by_rule: dict[str, int] = field(default_factory=dict)
 
 
 class Notifier:
@@ -142,11 +144,11 @@ class Notifier:
     def _deliver_all(self, events: list[AlertEvent]) -> None:
         """Deliver a poll's records, each channel in its own worker; wait for all."""
         self.stats.records += len(events)
-        jobs: list[tuple[str, str, Future[None]]] = []
+        jobs: list[tuple[str, str, str, Future[None]]] = []
         for event in events:
             for channel in event.channels:
                 key = f"{event.idempotency_key}|{channel}"
-                if key in self._delivered or any(k == key for k, _, _ in jobs):
+                if key in self._delivered or any(k == key for k, _, _, _ in jobs):
                     self.stats.duplicates += 1
                     continue
                 delivery = self._deliveries.get(channel)
@@ -155,8 +157,8 @@ class Notifier:
                     self._count(self.stats.failed, channel)
                     continue
                 future = self._workers[channel].submit(self._retry, delivery, event)
-                jobs.append((key, channel, future))
-        for key, channel, future in jobs:
+                jobs.append((key, channel, event.rule, future))
+        for key, channel, rule, future in jobs:
             try:
                 future.result()
             except Exception as error:  # given up after the retries: reported, not dropped
@@ -166,6 +168,7 @@ class Notifier:
                 continue
             self._delivered[key] = int(time.time() * 1000)
             self._count(self.stats.delivered, channel)
+            self._count(self.stats.delivered_by_rule, rule)
             self._delivered_total.labels(channel=channel).inc()
 
     def _retry(self, delivery: Delivery, event: AlertEvent) -> None:

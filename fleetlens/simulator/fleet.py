@@ -46,6 +46,9 @@ class FleetSpec:
             grow linearly around it); the history writer and the live simulator share it.
         incidents_per_day: Expected CPU incidents per server per day.
         silences_per_day: Expected silent spells per server per day.
+        scripted_incidents: ``(server index, start_s, end_s)`` spells on top of the random
+            ones, with the CPU saturated (a demo's incident at a known time).
+        scripted_silences: ``(server index, start_s, end_s)`` spells without a sample.
     """
 
     servers: int
@@ -58,6 +61,8 @@ class FleetSpec:
     anchor_s: int = 1_793_491_200  # 2026-11-01T00:00:00Z
     incidents_per_day: float = 0.3
     silences_per_day: float = 0.2
+    scripted_incidents: tuple[tuple[int, int, int], ...] = ()
+    scripted_silences: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
     def from_settings(
@@ -144,6 +149,8 @@ class Fleet:
         load = (1 + 0.5 * diurnal) * weekly
         cpu = self.cpu_base * weekly + self.cpu_amp * diurnal * weekly + 3 * noise[..., 0]
         cpu = np.where(incident, np.maximum(cpu, 0) + 45, cpu)
+        saturated = self._scripted(slot_s, self.spec.scripted_incidents)
+        cpu = np.where(saturated, 97 + noise[..., 0], cpu)
         mem = self.mem_base + 6 * diurnal * weekly + 1.5 * noise[..., 1] + np.where(incident, 12, 0)
         days = (t - self.spec.anchor_s) / _DAY
         disk = self.disk_start + self.disk_growth_per_day * days + 0.05 * noise[..., 2]
@@ -161,15 +168,26 @@ class Fleet:
 
     def reporting(self, slot_s: Ints) -> npt.NDArray[np.bool_]:
         """Whether each server reports in each slot (False while it is silent)."""
-        return ~self._windows(
+        silent = self._windows(
             slot_s, salt=3, per_day=self.spec.silences_per_day, min_s=300, max_s=3600
         )
+        return ~(silent | self._scripted(slot_s, self.spec.scripted_silences))
 
     def in_incident(self, slot_s: Ints) -> npt.NDArray[np.bool_]:
         """Whether each server is in a CPU incident at each slot."""
-        return self._windows(
+        random = self._windows(
             slot_s, salt=2, per_day=self.spec.incidents_per_day, min_s=300, max_s=1800
         )
+        return random | self._scripted(slot_s, self.spec.scripted_incidents)
+
+    def _scripted(
+        self, slot_s: Ints, spells: tuple[tuple[int, int, int], ...]
+    ) -> npt.NDArray[np.bool_]:
+        """True where a scripted spell covers a server's slot."""
+        out = np.zeros((len(slot_s), self.spec.servers), dtype=bool)
+        for server, start_s, end_s in spells:
+            out[:, server] |= (slot_s >= start_s) & (slot_s < end_s)
+        return out
 
     def _noise(self, slot_s: Ints) -> Floats:
         out = np.empty((len(slot_s), self.spec.servers, len(METRICS)))

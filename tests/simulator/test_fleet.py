@@ -446,3 +446,24 @@ def test_corruptions_cover_distinct_variants(fleet: Fleet):
 def test_raw_malformed_records_are_rejected(raw: bytes):
     with pytest.raises(ContractViolation):
         VALIDATOR.decode(raw, now_ms=int(datetime(2026, 11, 2, tzinfo=UTC).timestamp() * 1000))
+
+
+def test_scripted_spells_saturate_the_cpu_and_silence_a_server_at_known_times() -> None:
+    start = 1_793_491_200
+    fleet = Fleet(
+        FleetSpec(
+            servers=5,
+            incidents_per_day=0,
+            silences_per_day=0,
+            scripted_incidents=((1, start + 60, start + 180),),
+            scripted_silences=((3, start + 30, start + 90),),
+        )
+    )
+    times = np.arange(start, start + 240, 10)
+    cpu = fleet.sample(times)["cpu_pct"]
+    hot = (times >= start + 60) & (times < start + 180)
+    assert (cpu[hot, 1] > 90).all() and (cpu[~hot, 1] < 90).all()
+    assert (fleet.in_incident(times)[:, 1] == hot).all()
+    silent = (times >= start + 30) & (times < start + 90)
+    assert (fleet.reporting(times)[:, 3] == ~silent).all()
+    assert fleet.reporting(times)[:, [0, 1, 2, 4]].all()

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pyarrow as pa
 import pytest
 from aiosmtpd.controller import Controller
+from deltalake import write_deltalake
 from test_speed_e2e import read_topic_raw
 
-from fleetlens.alerts.engine import AlertEvent
+from fleetlens.alerts.engine import AlertEvent, hour_of_week
 from fleetlens.alerts.notifier import Notifier
 from fleetlens.config import Settings, load_settings
 from fleetlens.kafka.clients import make_producer
+from fleetlens.lake.paths import Lake
+from fleetlens.lake.schemas import BASELINE_SCHEMA
 from ports import free_port
 from speed_layer.app import SpeedLayer
 
@@ -186,3 +190,43 @@ def test_the_notifier_delivers_once_per_channel_even_when_records_are_replayed(
     finally:
         http.shutdown()
         smtp.stop()
+
+
+def test_an_anomaly_rule_reads_the_batch_layers_baseline(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(
+        """
+channels: {log: {type: log}}
+routes: [{name: all, channels: [log]}]
+rules:
+  - {name: cpu-anomaly, type: anomaly, metric: cpu_pct, window: 30s, k: 3, for: 0s}
+"""
+    )
+    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
+    start_s = int(time.time()) // 3600 * 3600 - 3600  # a whole hour of the week, an hour ago
+    how = hour_of_week(start_s * 1000)
+    baselines = pa.table(
+        {
+            "server_id": ["web-hot", "web-1"],
+            "metric": ["cpu_pct", "cpu_pct"],
+            "hour_of_week": pa.array([how, how], pa.int32()),
+            "mean": [20.0, 20.0],
+            "stddev": [2.0, 2.0],
+            "samples": [10, 10],
+            "computed_at": pa.array([start_s * 10**6] * 2, pa.timestamp("us", tz="UTC")),
+        },
+        schema=BASELINE_SCHEMA,
+    )
+    write_deltalake(Lake(settings.lake).table_uri("baseline_hourly"), baselines)
+    produce(settings, start_s=start_s, ticks=range(0, 18))
+    stats = SpeedLayer(load_settings()).run(exit_when_idle_s=2)
+    # web-hot is 13 standard deviations above its baseline at the first hot sample; web-2
+    # and db-1 have no baseline and stay silent.
+    records = alert_records(settings)
+    assert [(r.change, r.labels["server"], r.at // 1000 - start_s) for r in records] == [
+        ("firing", "web-hot", 120)
+    ]
+    assert records[0].value == pytest.approx((46.333333 - 20) / 2, rel=1e-4)
+    assert stats.alerts == {"firing": 1}
