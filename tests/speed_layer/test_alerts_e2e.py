@@ -5,6 +5,8 @@ rule implies; a restart from the checkpoints does not fire it again."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -24,6 +26,7 @@ from test_speed_e2e import read_topic_raw
 from fleetlens.alerts.engine import AlertEvent, hour_of_week
 from fleetlens.alerts.notifier import Notifier
 from fleetlens.config import Settings, load_settings
+from fleetlens.demo import ServiceProcess
 from fleetlens.kafka.clients import make_producer
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import BASELINE_SCHEMA
@@ -230,3 +233,49 @@ rules:
     ]
     assert records[0].value == pytest.approx((46.333333 - 20) / 2, rel=1e-4)
     assert stats.alerts == {"firing": 1}
+
+
+def test_a_kill_9_while_an_alert_fires_does_not_page_twice(
+    settings: Settings, fleet_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    Receiver.received = []
+    try:
+        rules = tmp_path / "alerts.yaml"
+        hook = f"'http://127.0.0.1:{http.server_address[1]}/alerts'"
+        rules.write_text(
+            RULES.replace(
+                "channels: {log: {type: log}}",
+                f"channels: {{hook: {{type: webhook, url: {hook}}}}}",
+            ).replace("channels: [log]", "channels: [hook]")
+        )
+        env = fleet_env | {
+            "FLEETLENS_ALERTS__RULES_PATH": str(rules),
+            # No checkpoint before the kill: the restart replays the records of the firing.
+            "FLEETLENS_SPEED__CHECKPOINT_INTERVAL_S": "3600",
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        start_s = int(time.time()) // 60 * 60 - 900
+        produce(settings, start_s=start_s, ticks=range(0, 20))
+        speed = ServiceProcess("speed-killed", ["speed", "run"], log_dir=tmp_path, env=env)
+        deadline = time.monotonic() + 120
+        while not any(r.change == "firing" for r in alert_records(settings)):
+            assert time.monotonic() < deadline and speed.process.poll() is None
+            time.sleep(0.5)
+        os.kill(speed.process.pid, signal.SIGKILL)
+        speed.process.wait(10)
+        produce(settings, start_s=start_s, ticks=range(20, 36))
+        again = ServiceProcess(
+            "speed-again", ["speed", "run", "--exit-when-idle", "3"], log_dir=tmp_path, env=env
+        )
+        assert again.process.wait(240) == 0, again.log_path.read_text()[-3000:]
+        firings = [r for r in alert_records(settings) if r.change == "firing"]
+        assert len(firings) == 2  # sent again by the restarted layer...
+        assert len({r.idempotency_key for r in firings}) == 1  # ...with the same key
+        stats = Notifier(load_settings()).run(exit_when_idle_s=2)
+        assert [body["change"] for _, body in Receiver.received] == ["firing", "resolved"]
+        assert stats.duplicates == 1
+    finally:
+        http.shutdown()
