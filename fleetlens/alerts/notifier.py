@@ -26,6 +26,7 @@ from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from fleetlens.alerts.channels import Delivery, make_delivery
 from fleetlens.alerts.engine import AlertEvent
+from fleetlens.alerts.history import AlertHistory
 from fleetlens.alerts.rules import load_rules
 from fleetlens.config import Settings
 from fleetlens.kafka.clients import all_partitions, make_consumer
@@ -90,6 +91,7 @@ class Notifier:
             ["channel"],
             registry=registry,
         )
+        self._history = AlertHistory(self._lake)
         self.stats = NotifierStats()
         self._delivered: dict[str, int] = self._load_state()
 
@@ -129,7 +131,8 @@ class Notifier:
                     continue
                 last_any = now
                 events = [decoder.decode(r.value) for rs in batch.values() for r in rs]
-                self._deliver_all(events)
+                failed = self._deliver_all(events)
+                self._history.record(events, delivered=self._delivered, failed=failed)
                 self._save_state(int(time.time() * 1000))
                 consumer.commit(
                     {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()}
@@ -141,8 +144,10 @@ class Notifier:
         log.info("alerts.notifier_stopped", **vars(self.stats))
         return self.stats
 
-    def _deliver_all(self, events: list[AlertEvent]) -> None:
-        """Deliver a poll's records, each channel in its own worker; wait for all."""
+    def _deliver_all(self, events: list[AlertEvent]) -> set[str]:
+        """Deliver a poll's records, each channel in its own worker; wait for all. Returns
+        the ``key|channel`` of the deliveries given up."""
+        given_up: set[str] = set()
         self.stats.records += len(events)
         jobs: list[tuple[str, str, str, Future[None]]] = []
         for event in events:
@@ -155,6 +160,7 @@ class Notifier:
                 if delivery is None:
                     log.error("alert.unknown_channel", channel=channel, key=key)
                     self._count(self.stats.failed, channel)
+                    given_up.add(key)
                     continue
                 future = self._workers[channel].submit(self._retry, delivery, event)
                 jobs.append((key, channel, event.rule, future))
@@ -165,11 +171,13 @@ class Notifier:
                 log.error("alert.delivery_failed", channel=channel, key=key, error=repr(error))
                 self._count(self.stats.failed, channel)
                 self._failed_total.labels(channel=channel).inc()
+                given_up.add(key)
                 continue
             self._delivered[key] = int(time.time() * 1000)
             self._count(self.stats.delivered, channel)
             self._count(self.stats.delivered_by_rule, rule)
             self._delivered_total.labels(channel=channel).inc()
+        return given_up
 
     def _retry(self, delivery: Delivery, event: AlertEvent) -> None:
         for attempt in Retrying(

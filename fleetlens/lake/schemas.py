@@ -5,6 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 __all__ = [
+    "ALERTS_KEY",
+    "ALERTS_SCHEMA",
     "BASELINE_SCHEMA",
     "HOUR_PARTITIONS",
     "LATE_KEY",
@@ -115,6 +117,34 @@ BASELINE_SCHEMA = pa.schema(
         pa.field("computed_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
+
+#: ``alerts``: every transition and notification of every alert (the records of
+#: ``fleet.alerts.v1``), with where it was delivered.
+ALERTS_SCHEMA = pa.schema(
+    [
+        pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("alert_id", pa.string(), nullable=False),
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),
+        pa.field("change", pa.string(), nullable=False),
+        pa.field("state", pa.string(), nullable=False),
+        pa.field("server_id", pa.string()),
+        *(pa.field(tag, pa.string()) for tag in TAG_COLUMNS),
+        pa.field("labels", pa.string(), nullable=False),  # JSON object
+        pa.field("value", pa.float64()),
+        pa.field("started_at", pa.timestamp("us", tz="UTC")),
+        pa.field("firing_at", pa.timestamp("us", tz="UTC")),
+        pa.field("summary", pa.string(), nullable=False),
+        pa.field("channels", pa.list_(pa.string()), nullable=False),
+        pa.field("delivered", pa.list_(pa.string()), nullable=False),
+        pa.field("failed", pa.list_(pa.string()), nullable=False),
+        pa.field("suppressed_by", pa.list_(pa.string()), nullable=False),
+        pa.field("suppressed", pa.bool_(), nullable=False),
+        pa.field("idempotency_key", pa.string(), nullable=False),
+    ]
+)
+#: A notification held back by a silence and the same one sent later are two rows.
+ALERTS_KEY = ("idempotency_key", "suppressed")
 
 #: ``batch_watermarks`` (control table): per table, the end of the last complete, verified
 #: interval; the serving layer reads batch data before it and speed data after it.

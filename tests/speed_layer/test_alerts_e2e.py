@@ -20,7 +20,7 @@ import msgspec
 import pyarrow as pa
 import pytest
 from aiosmtpd.controller import Controller
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 from test_speed_e2e import read_topic_raw
 
 from fleetlens.alerts.engine import AlertEvent, hour_of_week
@@ -190,6 +190,14 @@ def test_the_notifier_delivers_once_per_channel_even_when_records_are_replayed(
         assert (again.records, again.duplicates, again.delivered) == (1, 3, {})
         assert len(Receiver.received) == 2 and len(mailbox.messages) == 2
         assert Receiver.received[0][0] == firing.idempotency_key
+        # The history: one row per record, the replayed one included once, with its deliveries.
+        history = DeltaTable(Lake(settings.lake).table_uri("alerts")).to_pyarrow_table()
+        rows = sorted(history.to_pylist(), key=lambda r: r["at"])
+        assert [(r["change"], r["server_id"], r["delivered"]) for r in rows] == [
+            ("pending", "web-hot", []),
+            ("firing", "web-hot", ["hook", "mail", "log"]),
+            ("resolved", "web-hot", ["hook", "mail", "log"]),
+        ]
     finally:
         http.shutdown()
         smtp.stop()
