@@ -246,6 +246,31 @@ def alerts_check(
     print(json.dumps({"path": str(path), "rules": [r.name for r in ruleset.rules]}))
 
 
+@alerts_app.command("backtest")
+def alerts_backtest(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option(help="First hour, ISO 8601 UTC (2026-11-20T00:00:00Z).")],
+    end: Annotated[str, typer.Option(help="End hour (exclusive), ISO 8601 UTC.")],
+    rules: Annotated[
+        Path | None, typer.Option(help="Rules file (default: alerts.rules_path).")
+    ] = None,
+) -> None:
+    """Replay rules over rollup_1m: per rule, how often it would have fired, for how long
+    and where (JSON)."""
+    from fleetlens.alerts.backtest import backtest
+    from fleetlens.alerts.rules import RulesError, load_rules
+    from fleetlens.lake.paths import Lake
+
+    settings = _settings(ctx)
+    try:
+        ruleset = load_rules(rules or settings.alerts.rules_file)
+    except RulesError as error:
+        console.print(str(error), markup=False, style="red")
+        raise typer.Exit(1) from None
+    reports = backtest(ruleset, Lake(settings.lake), start=_hour(start), end=_hour(end))
+    print(json.dumps({name: vars(report) for name, report in reports.items()}))
+
+
 @alerts_app.command("notify")
 def alerts_notify(
     ctx: typer.Context,
