@@ -247,12 +247,13 @@ def run_to_exit(
     *,
     idle_s: float,
     python_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``python [python_args] -m fleetlens <args>`` (which exits after ``idle_s`` without
     records) to completion; its stats (the last stdout line, JSON), log events, wall time, CPU
     and peak RSS."""
     spawned = time.monotonic()
-    child = scratch.spawn(name, args, python_args=python_args)
+    child = scratch.spawn(name, args, env=env, python_args=python_args)
     sampler = RssSampler(child.pid)
     sampler.start()
     meter = CpuMeter({"broker": scratch.broker_pid})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,7 +120,9 @@ class AlertEngine:
         self._alerts: dict[tuple[str, str], Alert] = {}
         self._labels: dict[str, dict[str, str | None]] = {}
         #: Wall-clock time each server and partition was last heard of.
-        self._server_seen: dict[str, int] = {}
+        self._server_seen: OrderedDict[str, int] = OrderedDict()
+        #: server -> rule name -> whether the rule's label filter takes the server.
+        self._matched: dict[str, dict[str, bool]] = {}
         self._partition_of: dict[str, int] = {}
         self._partition_seen: dict[int, int] = {}
         #: (rule, server) -> why the rule cannot evaluate there (e.g. no baseline yet).
@@ -130,6 +133,9 @@ class AlertEngine:
 
     def _index(self, rules: RuleSet) -> None:
         self.rules = rules
+        self._matched = {}
+        #: metric names of a sample -> the rules they touch.
+        self._touched: dict[tuple[str, ...], list[Rule]] = {}
         self._by_name: dict[str, Rule] = {r.name: r for r in rules.rules}
         self._by_metric: dict[str, list[Rule]] = {}
         horizon: dict[str, float] = {}
@@ -177,54 +183,99 @@ class AlertEngine:
         """Fold one sample (an event of ``fleet.metrics.v1``) and evaluate the rules on the
         metrics it carries."""
         labels = self._labels.get(server_id)
-        if labels is None or any(labels.get(t) != tags.get(t) for t in _TAGS):
+        matched = self._matched.get(server_id)
+        if labels is None or matched is None or any(labels.get(t) != tags.get(t) for t in _TAGS):
             labels = self._labels[server_id] = {t: tags.get(t) for t in _TAGS}
             labels["server"] = server_id
-        self._server_seen[server_id] = now
+            matched = self._matched[server_id] = {}
+        seen = self._server_seen
+        seen[server_id] = now
+        seen.move_to_end(server_id)  # oldest first: absences stop at the first recent server
         self._partition_of[server_id] = partition
-        self._partition_seen[partition] = max(self._partition_seen.get(partition, now), now)
-        touched: dict[str, Rule] = {}
-        for metric, value in metrics.items():
+        if now > self._partition_seen.get(partition, now - 1):
+            self._partition_seen[partition] = now
+        for metric, sample in metrics.items():
             horizon = self._horizon_ms.get(metric)
             if horizon is None:
                 continue
             series = self._series.get((server_id, metric))
             if series is None:
                 series = self._series[(server_id, metric)] = Series(horizon)
-            series.add(ts, value)
-            for rule in self._by_metric[metric]:
-                touched[rule.name] = rule
+            series.add(ts, sample)
+        names = tuple(metrics)
+        touched = self._touched.get(names)
+        if touched is None:  # agents send the same metrics every time: computed once
+            by_name = {r.name: r for m in names for r in self._by_metric.get(m, ())}
+            touched = self._touched[names] = list(by_name.values())
         events: list[AlertEvent] = []
-        for rule in touched.values():
-            if not rule.labels.matches(labels):
+        memo: dict[tuple[str, float, str], float | None] = {}
+        alerts = self._alerts
+        for rule in touched:
+            applies = matched.get(rule.name)
+            if applies is None:
+                applies = matched[rule.name] = rule.labels.matches(labels)
+            if not applies:
                 continue
-            outcome = self._evaluate(rule, server_id, ts)
-            if outcome is not None:
-                self._fold(rule, server_id, outcome[0], outcome[1], ts, now, events)
+            value: float | None
+            if type(rule) is ThresholdRule:  # the common case, inline
+                value = self._aggregate(
+                    server_id, rule.metric, rule.window_s, rule.aggregation, memo
+                )
+                active = value is not None and _COMPARE[rule.op](value, rule.value)
+            else:
+                outcome = self._evaluate(rule, server_id, ts, memo)
+                if outcome is None:
+                    continue
+                active, value = outcome
+            if active or (rule.name, server_id) in alerts:
+                self._fold(rule, server_id, active, value, ts, now, events)
         return events
 
-    def _evaluate(self, rule: Rule, server_id: str, ts: int) -> tuple[bool, float | None] | None:
+    def _evaluate(
+        self, rule: Rule, server_id: str, ts: int, memo: dict[tuple[str, float, str], float | None]
+    ) -> tuple[bool, float | None] | None:
         """(condition holds, value) of ``rule`` on ``server_id``'s newest samples; ``None``
-        when it cannot be evaluated there (the reason is kept in :attr:`silent_reasons`)."""
+        when it cannot be evaluated there (the reason is kept in :attr:`silent_reasons`).
+        ``memo`` holds the aggregates computed for this sample (rules share them)."""
         if isinstance(rule, ThresholdRule):
-            return self._condition(rule, server_id)
+            return self._condition(rule, server_id, memo)
         if isinstance(rule, CompositeRule):
-            results = [self._condition(c, server_id) for c in rule.conditions]
+            results = [self._condition(c, server_id, memo) for c in rule.conditions]
             holds = [r[0] for r in results]
             active = all(holds) if rule.operator == "and" else any(holds)
             return active, results[0][1]
         if isinstance(rule, RateOfChangeRule):
             return self._rate(rule, server_id)
         if isinstance(rule, AnomalyRule):
-            return self._anomaly(rule, server_id, ts)
+            return self._anomaly(rule, server_id, ts, memo)
         return None
 
-    def _condition(self, condition: Condition, server_id: str) -> tuple[bool, float | None]:
-        series = self._series.get((server_id, condition.metric))
-        if series is None:
-            return False, None
-        _, values = series.window(int(condition.window_s * 1000))
-        value = aggregate(condition.aggregation, values)
+    def _aggregate(
+        self,
+        server_id: str,
+        metric: str,
+        window_s: float,
+        aggregation: str,
+        memo: dict[tuple[str, float, str], float | None],
+    ) -> float | None:
+        key = (metric, window_s, aggregation)
+        if key in memo:
+            return memo[key]
+        series = self._series.get((server_id, metric))
+        window_ms = int(window_s * 1000)
+        value = None if series is None else aggregate(aggregation, series.window(window_ms)[1])
+        memo[key] = value
+        return value
+
+    def _condition(
+        self,
+        condition: Condition,
+        server_id: str,
+        memo: dict[tuple[str, float, str], float | None],
+    ) -> tuple[bool, float | None]:
+        value = self._aggregate(
+            server_id, condition.metric, condition.window_s, condition.aggregation, memo
+        )
         if value is None:
             return False, None
         return _COMPARE[condition.op](value, condition.value), value
@@ -244,7 +295,13 @@ class AlertEngine:
         assert value is not None
         return _COMPARE[rule.op](value, rule.value), value
 
-    def _anomaly(self, rule: AnomalyRule, server_id: str, ts: int) -> tuple[bool, float] | None:
+    def _anomaly(
+        self,
+        rule: AnomalyRule,
+        server_id: str,
+        ts: int,
+        memo: dict[tuple[str, float, str], float | None],
+    ) -> tuple[bool, float] | None:
         key = (rule.name, server_id)
         baseline = None
         if self._baselines is not None:
@@ -261,8 +318,7 @@ class AlertEngine:
             self.silent_reasons[key] = "the baseline has no spread (set min_stddev)"
             return None
         self.silent_reasons.pop(key, None)
-        _, values = self._series[(server_id, rule.metric)].window(int(rule.window_s * 1000))
-        value = aggregate(rule.aggregation, values)
+        value = self._aggregate(server_id, rule.metric, rule.window_s, rule.aggregation, memo)
         if value is None:
             return False, 0.0
         score = (value - baseline.mean) / spread
@@ -277,6 +333,15 @@ class AlertEngine:
         """Periodic work on the clock: absences (with the pipeline guard), notifications
         held back by a silence that has ended, repeats and escalations."""
         events: list[AlertEvent] = []
+        if self._absence:
+            # Servers no absence rule still knows of: dropped from the front (oldest first).
+            forget_ms = max(int(r.known_for_s * 1000) for r in self._absence)
+            seen = self._server_seen
+            while seen:
+                server_id, at = next(iter(seen.items()))
+                if now - at < forget_ms or any(k[1] == server_id for k in self._alerts):
+                    break
+                del seen[server_id]
         for absence in self._absence:
             self._absences(absence, now, events)
         for (name, key), alert in list(self._alerts.items()):
@@ -325,14 +390,27 @@ class AlertEngine:
             value = float(len(stalled))
             self._fold(rule, PIPELINE, bool(stalled), value, now, now, events)
         stalled_set = set(stalled)
+        # Oldest first: stop at the first server heard of within absent_for.
         for server_id, seen in self._server_seen.items():
+            if now - seen < absent_ms:
+                break
             if now - seen >= known_ms or self._partition_of.get(server_id) in stalled_set:
                 continue  # forgotten, or its whole partition is silent: the pipeline alert
-            if not rule.labels.matches(self._labels[server_id]):
-                continue
-            silent = now - seen >= absent_ms
-            if silent or (rule.name, server_id) in self._alerts:
-                self._fold(rule, server_id, silent, (now - seen) / 1000, now, now, events)
+            if self._applies(rule, server_id):
+                self._fold(rule, server_id, True, (now - seen) / 1000, now, now, events)
+        # Alerts of servers heard of again.
+        for _, key in [k for k in self._alerts if k[0] == rule.name and k[1] != PIPELINE]:
+            back = self._server_seen.get(key)
+            if back is not None and now - back < absent_ms:
+                self._fold(rule, key, False, (now - back) / 1000, now, now, events)
+
+    def _applies(self, rule: Rule, server_id: str) -> bool:
+        """Whether ``rule``'s label filter takes ``server_id`` (cached per server)."""
+        matched = self._matched.setdefault(server_id, {})
+        applies = matched.get(rule.name)
+        if applies is None:
+            applies = matched[rule.name] = rule.labels.matches(self._labels[server_id])
+        return applies
 
     # -- lifecycle and routing -----------------------------------------------------------
 
@@ -535,6 +613,7 @@ class AlertEngine:
                     self._series[(server_id, metric)] = Series.from_state(horizon, series)
             for p, seen in state["partition_seen"]:
                 self._partition_seen[int(p)] = int(seen)
+        self._server_seen = OrderedDict(sorted(self._server_seen.items(), key=lambda kv: kv[1]))
 
 
 def _windows(rule: Rule) -> list[tuple[str, float]]:
