@@ -62,25 +62,58 @@ def rules_file(path: Path, *, rules: int, hook_url: str) -> None:
         tenant = _TAGS[i % len(_TAGS)]
         kind = i % 5
         if kind == 0:
-            rule = {"type": "threshold", "metric": metric, "aggregation": "avg", "window": "5m",
-                    "op": ">", "value": 1e12}
+            rule = {
+                "type": "threshold",
+                "metric": metric,
+                "aggregation": "avg",
+                "window": "5m",
+                "op": ">",
+                "value": 1e12,
+            }
         elif kind == 1:
-            rule = {"type": "threshold", "metric": metric, "aggregation": "p99", "window": "1m",
-                    "op": ">", "value": 1e12, "labels": {"tenant": tenant}}
+            rule = {
+                "type": "threshold",
+                "metric": metric,
+                "aggregation": "p99",
+                "window": "1m",
+                "op": ">",
+                "value": 1e12,
+                "labels": {"tenant": tenant},
+            }
         elif kind == 2:
-            rule = {"type": "rate_of_change", "metric": metric, "window": "10m", "mode": "change",
-                    "op": ">", "value": 1e12}
+            rule = {
+                "type": "rate_of_change",
+                "metric": metric,
+                "window": "10m",
+                "mode": "change",
+                "op": ">",
+                "value": 1e12,
+            }
         elif kind == 3:
-            rule = {"type": "composite", "operator": "and", "conditions": [
-                {"metric": metric, "window": "2m", "op": ">", "value": 1e12},
-                {"metric": "mem_pct", "window": "2m", "op": ">", "value": 99.99}]}
+            rule = {
+                "type": "composite",
+                "operator": "and",
+                "conditions": [
+                    {"metric": metric, "window": "2m", "op": ">", "value": 1e12},
+                    {"metric": "mem_pct", "window": "2m", "op": ">", "value": 99.99},
+                ],
+            }
         else:
             rule = {"type": "absence", "absent_for": "10m", "labels": {"tenant": tenant}}
         kinds.append({"name": f"quiet-{i:02d}", "severity": "warning"} | rule)
     kinds.append(
-        {"name": "bench-trigger", "type": "threshold", "severity": "critical",
-         "metric": "latency_ms", "aggregation": "last", "window": "1m", "op": ">",
-         "value": 5000, "for": "0s", "keep_firing_for": "0s"}
+        {
+            "name": "bench-trigger",
+            "type": "threshold",
+            "severity": "critical",
+            "metric": "latency_ms",
+            "aggregation": "last",
+            "window": "1m",
+            "op": ">",
+            "value": 5000,
+            "for": "0s",
+            "keep_firing_for": "0s",
+        }
     )
     path.write_text(
         json.dumps(
@@ -135,8 +168,13 @@ def _load(env: dict[str, str], rate: int, servers: int, stop_at: float) -> None:
                 "event_id": uuid.uuid4().hex,
                 "server_id": names[i],
                 "ts": now_ms,
-                "metrics": dict(zip(("cpu_pct", "mem_pct", "disk_pct", "net_in_bps",
-                                     "net_out_bps", "conns"), row, strict=True)),
+                "metrics": dict(
+                    zip(
+                        ("cpu_pct", "mem_pct", "disk_pct", "net_in_bps", "net_out_bps", "conns"),
+                        row,
+                        strict=True,
+                    )
+                ),
                 "tags": tags[i],
             }
             producer.send(topic, key=names[i].encode(), value=encode(payload))
@@ -225,8 +263,10 @@ def run(options: AlertBenchOptions) -> Report:
             rules = scratch.root / "alerts.yaml"
             hook = f"http://127.0.0.1:{http.server_address[1]}/hook"
             rules_file(rules, rules=options.rules, hook_url=hook)
-            say(f"latency: {options.duration_s:.0f} s of live load, a trigger every "
-                f"{options.every_s:g} s")
+            say(
+                f"latency: {options.duration_s:.0f} s of live load, a trigger every "
+                f"{options.every_s:g} s"
+            )
             live = _latency(scratch, options, rules)
         # A topic of its own: the pre-fill checks the topic holds exactly what it sent.
         with Scratch("alerts-cost", keep=options.keep) as scratch:
@@ -238,16 +278,21 @@ def run(options: AlertBenchOptions) -> Report:
         http.shutdown()
     lat = live["latencies"]
     p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
-    report.add("triggers sent / firing notifications received", f"{live['sent']} / "
-               f"{live['received']}", "all")
+    report.add(
+        "triggers sent / firing notifications received",
+        f"{live['sent']} / {live['received']}",
+        "all",
+    )
     report.add("latency p50 (sample sent → webhook received), ms", f"{p50 * 1000:,.0f}", "")
     report.add("latency p99, ms", f"{p99 * 1000:,.0f}", f"< {GOAL_P99_S * 1000:,.0f}")
     report.add("latency max, ms", f"{(lat[-1] if lat else float('nan')) * 1000:,.0f}", "")
     report.add("speed layer catch-up, alerting off, records/s", fmt_int(cost["off"]), "")
-    report.add(f"speed layer catch-up, {options.rules} rules, records/s", fmt_int(cost["rules"]),
-               "")
-    report.add("throughput cost of the rules", f"{(1 - cost['rules'] / cost['off']) * 100:.0f} %",
-               "")
+    report.add(
+        f"speed layer catch-up, {options.rules} rules, records/s", fmt_int(cost["rules"]), ""
+    )
+    report.add(
+        "throughput cost of the rules", f"{(1 - cost['rules'] / cost['off']) * 100:.0f} %", ""
+    )
     met = live["received"] == live["sent"] and p99 < GOAL_P99_S
     report.notes.append(
         f"goal: p99 < {GOAL_P99_S:g} s {'met' if met else 'NOT met'}"

@@ -182,7 +182,15 @@ def run(options: SpeedOptions) -> Report:
         args = ["speed", "run", "--exit-when-idle", f"{options.idle_s:g}"]
         python_args = ["-m", "cProfile", "-o", options.profile] if options.profile else []
         say(f"speed layer: fleetlens {' '.join(args)}" + (" (cProfile)" if python_args else ""))
-        result = run_to_exit(scratch, "speed", args, idle_s=options.idle_s, python_args=python_args)
+        # The layer's own work: what the alert rules cost on top is bench/alerts's figure.
+        result = run_to_exit(
+            scratch,
+            "speed",
+            args,
+            idle_s=options.idle_s,
+            python_args=python_args,
+            env={"FLEETLENS_ALERTS__ENABLED": "false"},
+        )
         stats = result["stats"]
         # The layer and its fetcher child, summed (wait4's figure is the larger of the two).
         rss = max(result["peak_rss_sampled"], result["peak_rss_exact"])
@@ -271,6 +279,10 @@ def run(options: SpeedOptions) -> Report:
             "speed layer's is the CPU time of the process and its fetcher child (wait4) over "
             "spawn-to-exit minus idle (up to 200 % on two cores); other "
             "load: CPU used meanwhile by processes this benchmark did not start, and steal"
+        )
+        report.notes.append(
+            "alerting off (FLEETLENS_ALERTS__ENABLED=false): what the rules cost on top is "
+            "measured by python -m bench alerts"
         )
         if options.profile:
             report.notes.append(f"the speed layer ran under cProfile: {options.profile}")

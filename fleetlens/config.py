@@ -80,6 +80,9 @@ class ConsumerSettings(_Section):
     max_partition_fetch_bytes: int = 10_485_760
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
+    #: How long the broker may hold a fetch that has no new data (Kafka's default: 500 ms);
+    #: what a record waits at most at each hop when traffic is light.
+    fetch_max_wait_ms: int = Field(default=500, ge=0)
 
 
 class KafkaSettings(_Section):

@@ -9,7 +9,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.console import Console
 from fleetlens import __version__
 from fleetlens.config import Settings, load_settings
 from fleetlens.logging import configure_logging
+
+if TYPE_CHECKING:
+    from fleetlens.alerts.rules import RuleSet
 
 app = typer.Typer(
     name="fleetlens",
@@ -227,6 +230,17 @@ def speed_run(
 # -- alerts -------------------------------------------------------------------------------
 
 
+def _rules(path: Path) -> RuleSet:
+    """The rules of ``path``, or exit 1 with the error (it names the rule and field)."""
+    from fleetlens.alerts.rules import RulesError, load_rules
+
+    try:
+        return load_rules(path)
+    except RulesError as error:
+        console.print(str(error), markup=False, style="red")
+        raise typer.Exit(1) from None
+
+
 @alerts_app.command("check")
 def alerts_check(
     ctx: typer.Context,
@@ -235,14 +249,8 @@ def alerts_check(
     ] = None,
 ) -> None:
     """Validate a rules file; exits 1 naming the rule and field at fault."""
-    from fleetlens.alerts.rules import RulesError, load_rules
-
     path = rules or _settings(ctx).alerts.rules_file
-    try:
-        ruleset = load_rules(path)
-    except RulesError as error:
-        console.print(str(error), markup=False, style="red")
-        raise typer.Exit(1) from None
+    ruleset = _rules(path)
     print(json.dumps({"path": str(path), "rules": [r.name for r in ruleset.rules]}))
 
 
@@ -258,15 +266,10 @@ def alerts_backtest(
     """Replay rules over rollup_1m: per rule, how often it would have fired, for how long
     and where (JSON)."""
     from fleetlens.alerts.backtest import backtest
-    from fleetlens.alerts.rules import RulesError, load_rules
     from fleetlens.lake.paths import Lake
 
     settings = _settings(ctx)
-    try:
-        ruleset = load_rules(rules or settings.alerts.rules_file)
-    except RulesError as error:
-        console.print(str(error), markup=False, style="red")
-        raise typer.Exit(1) from None
+    ruleset = _rules(rules or settings.alerts.rules_file)
     reports = backtest(ruleset, Lake(settings.lake), start=_hour(start), end=_hour(end))
     print(json.dumps({name: vars(report) for name, report in reports.items()}))
 

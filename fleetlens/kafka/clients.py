@@ -82,6 +82,7 @@ def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **overrides: An
         "max_partition_fetch_bytes": c.max_partition_fetch_bytes,
         "max_poll_interval_ms": c.max_poll_interval_ms,
         "session_timeout_ms": c.session_timeout_ms,
+        "fetch_max_wait_ms": c.fetch_max_wait_ms,
     }
     return KafkaConsumer(**(config | overrides))
 
