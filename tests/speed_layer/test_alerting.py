@@ -1,0 +1,77 @@
+"""The speed layer's alert engine wrapper: rules reloaded on a change of the file or on
+request (SIGHUP), alert state kept, a bad file refused; records sent to fleet.alerts.v1."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from test_speed_e2e import read_topic_raw
+
+from fleetlens.alerts.engine import AlertEvent
+from fleetlens.config import AlertSettings, Settings
+from fleetlens.contract import Event
+from fleetlens.kafka.clients import make_producer, wait_acknowledged
+from fleetlens.lake.paths import Lake
+from speed_layer.alerting import StreamAlerts
+
+pytestmark = [pytest.mark.broker]
+
+RULES = """
+channels: {log: {type: log}}
+routes: [{name: all, channels: [log]}]
+rules:
+  - {name: high-cpu, type: threshold, metric: cpu_pct, window: 10s, op: ">", value: 80}
+"""
+
+
+def sample(ts: int, cpu: float) -> Event:
+    return Event(event_id=f"e{ts}", server_id="s1", ts=ts, metrics={"cpu_pct": cpu}, tags={})
+
+
+def test_rules_reload_on_change_and_on_request_keeping_state(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "alerts.yaml"
+    path.write_text(RULES)
+    producer = make_producer(settings.kafka)
+    reload = threading.Event()
+    alerts = StreamAlerts(
+        AlertSettings(rules_path=path, tick_interval_s=0.001),
+        producer,
+        settings.kafka.topics.alerts.name,
+        lake=Lake(settings.lake),
+        reload=reload,
+    )
+    now = int(time.time() * 1000)
+    alerts.observe(sample(now, 95.0), partition=0, now_ms=now)
+    assert [a["state"] for a in alerts.engine.alerts()] == ["firing"]
+
+    # A new rule in the file: picked up at the next tick; the firing alert is kept.
+    path.write_text(
+        RULES + '  - {name: low-cpu, type: threshold, metric: cpu_pct, op: "<", value: 1}\n'
+    )
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    alerts.tick(now + 10)
+    assert [r.name for r in alerts.engine.rules.rules] == ["high-cpu", "low-cpu"]
+    assert [a["rule"] for a in alerts.engine.alerts()] == ["high-cpu"]
+
+    # A file that does not validate is refused; the rules in force stay.
+    path.write_text(RULES.replace("value: 80", "value: eighty"))
+    reload.set()  # as SIGHUP does
+    alerts.tick(now + 20)
+    assert [r.name for r in alerts.engine.rules.rules] == ["high-cpu", "low-cpu"]
+    assert not reload.is_set()
+
+    # The records went to fleet.alerts.v1, keyed by alert id, acknowledged.
+    wait_acknowledged(producer, alerts.take_pending(), timeout_s=10)
+    producer.close()
+    decoder = msgspec.json.Decoder(AlertEvent)
+    records = [
+        decoder.decode(v) for _, v in read_topic_raw(settings, settings.kafka.topics.alerts.name)
+    ]
+    assert [(r.rule, r.change) for r in records] == [("high-cpu", "firing")]
