@@ -281,8 +281,9 @@ def run_demo(
 
 
 def _demo_fleet(settings: Settings, *, servers: int, seed: int, now_s: int) -> Fleet:
-    """The simulated fleet, with a CPU incident on one production server from 20 s to 4 min
-    20 s into the run, and another server silent from 30 s to 10 min 30 s."""
+    """The simulated fleet, with a CPU incident on one production server from 10 s to 4 min
+    10 s into the run, and another server silent from 20 s to 10 min 20 s (with the shipped
+    rules they page after about 3 min 20 s and 2 min 30 s)."""
     spec = FleetSpec.from_settings(
         settings.simulator, servers=servers, seed=seed, anchor_s=now_s // 86_400 * 86_400
     )
@@ -292,8 +293,8 @@ def _demo_fleet(settings: Settings, *, servers: int, seed: int, now_s: int) -> F
     return Fleet(
         replace(
             spec,
-            scripted_incidents=((hot, now_s + 20, now_s + 260),),
-            scripted_silences=((silent, now_s + 30, now_s + 630),),
+            scripted_incidents=((hot, now_s + 10, now_s + 250),),
+            scripted_silences=((silent, now_s + 20, now_s + 620),),
         )
     )
 

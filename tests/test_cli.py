@@ -102,3 +102,20 @@ def test_demo_bounded_run_archives_everything_accepted(
     assert all(set(v) == {"fired", "resolved", "notifications"} for v in summary["alerts"].values())
     # The demo stopped the broker it started.
     assert run(["broker", "status"], own_env, tmp_path).returncode == 1
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_demo_pages_its_cpu_incident_and_its_silent_server(
+    own_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Long enough for the shipped rules: high-cpu needs 2 min of hot samples and 1 min more,
+    # server-silent 2 min of silence.
+    result = run(
+        ["demo", "--duration", "240", "--servers", "60", "--json"], own_env, tmp_path, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    alerts = json.loads(result.stdout.strip().splitlines()[-1])["alerts"]
+    for rule in ("high-cpu", "server-silent"):
+        assert alerts[rule]["fired"] >= 1, alerts
+        assert alerts[rule]["notifications"] >= alerts[rule]["fired"], alerts
