@@ -24,7 +24,7 @@ from kafka import KafkaProducer
 
 from fleetlens.alerts.baselines import DeltaBaselines
 from fleetlens.alerts.engine import AlertEngine, AlertEvent
-from fleetlens.alerts.rules import AnomalyRule, RulesError, RuleSet, load_rules
+from fleetlens.alerts.rules import RulesError, load_rules
 from fleetlens.config import AlertSettings
 from fleetlens.contract import Event
 from fleetlens.lake.paths import Lake
@@ -62,7 +62,7 @@ class StreamAlerts:
         self._reload = reload or threading.Event()
         self._mtime = _mtime(self._path)
         rules = load_rules(self._path)
-        self._baselines = DeltaBaselines(lake, _anomaly_metrics(rules))
+        self._baselines = DeltaBaselines(lake, rules.anomaly_metrics)
         self.engine = AlertEngine(rules, baselines=self._baselines)
         self._encoder = msgspec.json.Encoder()
         self._pending: list[Any] = []
@@ -106,7 +106,7 @@ class StreamAlerts:
         except (RulesError, OSError) as error:
             log.error("alerts.reload_refused", path=str(self._path), error=str(error))
             return
-        self._baselines.set_metrics(_anomaly_metrics(rules))
+        self._baselines.set_metrics(rules.anomaly_metrics)
         self._send(self.engine.reload(rules, now=now_ms))
         log.info("alerts.rules_reloaded", path=str(self._path), rules=len(rules.rules))
 
@@ -141,10 +141,6 @@ class StreamAlerts:
     def restore(self, states: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
         """Resume from the partitions' checkpoints."""
         self.engine.restore(states)
-
-
-def _anomaly_metrics(rules: RuleSet) -> list[str]:
-    return [r.metric for r in rules.rules if isinstance(r, AnomalyRule)]
 
 
 def _mtime(path: Path) -> float | None:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from fleetlens.alerts.baselines import DeltaBaselines
 from fleetlens.alerts.engine import AlertEngine, AlertEvent
-from fleetlens.alerts.rules import AnomalyRule, RuleSet
+from fleetlens.alerts.rules import RuleSet
 from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import TAG_COLUMNS
@@ -133,7 +133,6 @@ def backtest(
     rules: RuleSet, lake: Lake, *, start: datetime, end: datetime
 ) -> dict[str, RuleReport]:
     """Replay ``rules`` over ``rollup_1m`` of ``[start, end)``, with the lake's baselines."""
-    anomaly = [r.metric for r in rules.rules if isinstance(r, AnomalyRule)]
-    engine = AlertEngine(rules, baselines=DeltaBaselines(lake, anomaly))
+    engine = AlertEngine(rules, baselines=DeltaBaselines(lake, rules.anomaly_metrics))
     end_ms = int(end.timestamp() * 1000)
     return replay(rules, rollup_hours(lake, start, end), end_ms=end_ms, engine=engine)

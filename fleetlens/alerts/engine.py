@@ -23,6 +23,7 @@ import msgspec
 
 from fleetlens.alerts.lifecycle import Alert, Change
 from fleetlens.alerts.rules import (
+    TAGS,
     AbsenceRule,
     AnomalyRule,
     CompositeRule,
@@ -102,9 +103,6 @@ def alert_id(rule: str, key: str) -> str:
     return hashlib.blake2b(f"{rule}\x00{key}".encode(), digest_size=8).hexdigest()
 
 
-_TAGS = ("tenant", "region", "env", "service", "cluster")
-
-
 class AlertEngine:
     """Every rule's alerts, evaluated as samples arrive.
 
@@ -153,8 +151,9 @@ class AlertEngine:
         """Put ``rules`` in force. Alerts of rules that remain (by name) keep their state;
         those of removed rules end (``resolved`` if they were firing)."""
         events = []
+        remaining = {r.name for r in rules.rules}
         for (name, key), alert in list(self._alerts.items()):
-            if any(r.name == name for r in rules.rules):
+            if name in remaining:
                 continue
             rule = self._by_name[name]
             if alert.state == "firing":
@@ -183,11 +182,10 @@ class AlertEngine:
         """Fold one sample (an event of ``fleet.metrics.v1``) and evaluate the rules on the
         metrics it carries."""
         labels = self._labels.get(server_id)
-        matched = self._matched.get(server_id)
-        if labels is None or matched is None or any(labels.get(t) != tags.get(t) for t in _TAGS):
-            labels = self._labels[server_id] = {t: tags.get(t) for t in _TAGS}
+        if labels is None or any(labels.get(t) != tags.get(t) for t in TAGS):
+            labels = self._labels[server_id] = {t: tags.get(t) for t in TAGS}
             labels["server"] = server_id
-            matched = self._matched[server_id] = {}
+            self._matched.pop(server_id, None)  # the filters see new labels
         seen = self._server_seen
         seen[server_id] = now
         seen.move_to_end(server_id)  # oldest first: absences stop at the first recent server
@@ -211,10 +209,7 @@ class AlertEngine:
         memo: dict[tuple[str, float, str], float | None] = {}
         alerts = self._alerts
         for rule in touched:
-            applies = matched.get(rule.name)
-            if applies is None:
-                applies = matched[rule.name] = rule.labels.matches(labels)
-            if not applies:
+            if not self._applies(rule, server_id):
                 continue
             value: float | None
             if type(rule) is ThresholdRule:  # the common case, inline
@@ -361,7 +356,7 @@ class AlertEngine:
                 now, repeat_interval_ms=int(repeat_s * 1000), escalate_after_ms=escalate_after
             )
             if due == "escalate" and route is not None and route.escalate_to:
-                target = next(r for r in self.rules.routes if r.name == route.escalate_to)
+                target = self.rules.routes_by_name[route.escalate_to]
                 event = self._event(rule, key, alert, "escalate", now, now, target.channels)
                 events.append(event)
                 if not event.suppressed_by:
@@ -383,7 +378,7 @@ class AlertEngine:
         if stalled or pipeline is not None:
             self._labels.setdefault(
                 f"{PIPELINE}:{rule.name}",
-                dict.fromkeys((*_TAGS, "server")) | {"scope": PIPELINE, "partitions": None},
+                dict.fromkeys((*TAGS, "server")) | {"scope": PIPELINE, "partitions": None},
             )
             if stalled:
                 self._labels[f"{PIPELINE}:{rule.name}"]["partitions"] = ",".join(map(str, stalled))
@@ -476,7 +471,7 @@ class AlertEngine:
         return routes[0] if routes else None
 
     def _route_at(self, route: Route | None, steps: int) -> Route | None:
-        by_name = {r.name: r for r in self.rules.routes}
+        by_name = self.rules.routes_by_name
         for _ in range(steps):
             if route is None or route.escalate_to is None:
                 return route

@@ -150,10 +150,11 @@ class Notifier:
         given_up: set[str] = set()
         self.stats.records += len(events)
         jobs: list[tuple[str, str, str, Future[None]]] = []
+        queued: set[str] = set()
         for event in events:
             for channel in event.channels:
                 key = f"{event.idempotency_key}|{channel}"
-                if key in self._delivered or any(k == key for k, _, _, _ in jobs):
+                if key in self._delivered or key in queued:
                     self.stats.duplicates += 1
                     continue
                 delivery = self._deliveries.get(channel)
@@ -164,6 +165,7 @@ class Notifier:
                     continue
                 future = self._workers[channel].submit(self._retry, delivery, event)
                 jobs.append((key, channel, event.rule, future))
+                queued.add(key)
         for key, channel, rule, future in jobs:
             try:
                 future.result()

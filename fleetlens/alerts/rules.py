@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,7 @@ from fleetlens.alerts.silences import MaintenanceWindow
 __all__ = [
     "AGGREGATIONS",
     "LABELS",
+    "TAGS",
     "AbsenceRule",
     "AnomalyRule",
     "Channel",
@@ -50,8 +52,10 @@ __all__ = [
     "parse_rules",
 ]
 
+#: The tags an alert carries from its server's samples.
+TAGS = ("tenant", "region", "env", "service", "cluster")
 #: The labels a rule can filter on and an alert carries.
-LABELS = ("tenant", "region", "env", "service", "cluster", "server")
+LABELS = (*TAGS, "server")
 #: Aggregations of a metric over a sliding window.
 AGGREGATIONS = ("avg", "min", "max", "sum", "count", "last", "p50", "p95", "p99")
 
@@ -319,11 +323,20 @@ class RuleSet(_Model):
             d.repeat_interval_s if rule.repeat_interval_s is None else rule.repeat_interval_s,
         )
 
+    @cached_property
+    def routes_by_name(self) -> dict[str, Route]:
+        """The routes, by name."""
+        return {r.name: r for r in self.routes}
+
+    @property
+    def anomaly_metrics(self) -> list[str]:
+        """The metrics anomaly rules evaluate (the baselines to read)."""
+        return [r.metric for r in self.rules if isinstance(r, AnomalyRule)]
+
     def routes_for(self, rule: Rule, labels: Mapping[str, str | None]) -> tuple[Route, ...]:
         """The routes an alert of ``rule`` with ``labels`` takes first."""
-        by_name = {r.name: r for r in self.routes}
         if rule.routes:
-            return tuple(by_name[n] for n in rule.routes)
+            return tuple(self.routes_by_name[n] for n in rule.routes)
         chosen: list[Route] = []
         for route in self.routes:
             if route.matches(rule.severity, labels):
