@@ -19,9 +19,10 @@ from fleetlens.lake.paths import Lake
 
 __all__ = ["FORMAT", "CheckpointStore", "PartitionCheckpoint"]
 
-#: Version of the state's layout: 2 keeps the open windows' samples (1, the first release,
-#: kept one aggregate object per window and metric).
-FORMAT = 2
+#: Version of the state's layout: 3 keeps the alert engine's series as columns (2 kept one
+#: entry a series; 2 began keeping the open windows' samples, 1 one aggregate object per
+#: window and metric).
+FORMAT = 3
 
 
 class PartitionCheckpoint(msgspec.Struct):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-import operator
+from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -22,31 +22,30 @@ from typing import Any, Protocol
 import msgspec
 
 from fleetlens.alerts.lifecycle import Alert, Change
+from fleetlens.alerts.plan import (
+    COMPOSITE,
+    SLOT,
+    TIME_TO_LIMIT,
+    Plan,
+    compile_plan,
+    measure,
+)
 from fleetlens.alerts.rules import (
     TAGS,
     AbsenceRule,
     AnomalyRule,
     CompositeRule,
-    Condition,
     RateOfChangeRule,
     Route,
     Rule,
     RuleSet,
     ThresholdRule,
 )
-from fleetlens.alerts.series import Series, aggregate, slope_per_s
+from fleetlens.alerts.series import Series
 from fleetlens.alerts.silences import Silence, suppressing
 
 __all__ = ["AlertEngine", "AlertEvent", "Baseline", "BaselineLookup", "alert_id", "hour_of_week"]
 
-_COMPARE: dict[str, Callable[[float, float], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
 #: The alert key of an absence rule's pipeline alert (one per rule, not one per server).
 PIPELINE = "pipeline"
 
@@ -114,9 +113,12 @@ class AlertEngine:
     def __init__(self, rules: RuleSet, *, baselines: BaselineLookup | None = None) -> None:
         self._baselines = baselines
         self._silences: tuple[Silence, ...] = ()
-        self._series: dict[tuple[str, str], Series] = {}
+        #: server -> metric -> its recent samples.
+        self._series: dict[str, dict[str, Series]] = {}
         self._alerts: dict[tuple[str, str], Alert] = {}
         self._labels: dict[str, dict[str, str | None]] = {}
+        #: Each server's tags as last seen (a change re-reads its labels).
+        self._tags: dict[str, dict[str, str]] = {}
         #: Wall-clock time each server and partition was last heard of.
         self._server_seen: OrderedDict[str, int] = OrderedDict()
         #: server -> rule name -> whether the rule's label filter takes the server.
@@ -132,19 +134,18 @@ class AlertEngine:
     def _index(self, rules: RuleSet) -> None:
         self.rules = rules
         self._matched = {}
-        #: metric names of a sample -> the rules they touch.
-        self._touched: dict[tuple[str, ...], list[Rule]] = {}
+        #: server -> the plan of its samples; (metric names, rules applying) -> plan.
+        self._plans: dict[str, Plan] = {}
+        self._shared_plans: dict[tuple[tuple[str, ...], tuple[int, ...]], Plan] = {}
         self._by_name: dict[str, Rule] = {r.name: r for r in rules.rules}
-        self._by_metric: dict[str, list[Rule]] = {}
         horizon: dict[str, float] = {}
         for rule in rules.rules:
-            for metric in rule.metrics:
-                self._by_metric.setdefault(metric, []).append(rule)
             for metric, window_s in _windows(rule):
                 horizon[metric] = max(horizon.get(metric, 0.0), window_s)
         self._horizon_ms = {m: int(s * 1000) for m, s in horizon.items()}
-        for (_, metric), series in self._series.items():
-            series.horizon_ms = self._horizon_ms.get(metric, series.horizon_ms)
+        for by_metric in self._series.values():
+            for metric, series in by_metric.items():
+                series.horizon_ms = self._horizon_ms.get(metric, series.horizon_ms)
         self._absence = [r for r in rules.rules if isinstance(r, AbsenceRule)]
 
     def reload(self, rules: RuleSet, *, now: int) -> list[AlertEvent]:
@@ -160,7 +161,9 @@ class AlertEngine:
                 events.append(self._event(rule, key, alert, "resolved", now, now))
             del self._alerts[(name, key)]
         self._index(rules)
-        self._series = {k: s for k, s in self._series.items() if k[1] in self._horizon_ms}
+        for by_metric in self._series.values():
+            for metric in [m for m in by_metric if m not in self._horizon_ms]:
+                del by_metric[metric]
         return events
 
     def set_silences(self, silences: Iterable[Silence]) -> None:
@@ -181,44 +184,62 @@ class AlertEngine:
     ) -> list[AlertEvent]:
         """Fold one sample (an event of ``fleet.metrics.v1``) and evaluate the rules on the
         metrics it carries."""
-        labels = self._labels.get(server_id)
-        if labels is None or any(labels.get(t) != tags.get(t) for t in TAGS):
+        if self._tags.get(server_id) != tags:
+            self._tags[server_id] = dict(tags)
             labels = self._labels[server_id] = {t: tags.get(t) for t in TAGS}
             labels["server"] = server_id
             self._matched.pop(server_id, None)  # the filters see new labels
+            self._plans.pop(server_id, None)
         seen = self._server_seen
         seen[server_id] = now
         seen.move_to_end(server_id)  # oldest first: absences stop at the first recent server
         self._partition_of[server_id] = partition
         if now > self._partition_seen.get(partition, now - 1):
             self._partition_seen[partition] = now
+        by_metric = self._series.get(server_id)
+        if by_metric is None:
+            by_metric = self._series[server_id] = {}
         for metric, sample in metrics.items():
-            horizon = self._horizon_ms.get(metric)
-            if horizon is None:
-                continue
-            series = self._series.get((server_id, metric))
+            series = by_metric.get(metric)
             if series is None:
-                series = self._series[(server_id, metric)] = Series(horizon)
+                horizon = self._horizon_ms.get(metric)
+                if horizon is None:
+                    continue
+                series = by_metric[metric] = Series(horizon)
             series.add(ts, sample)
-        names = tuple(metrics)
-        touched = self._touched.get(names)
-        if touched is None:  # agents send the same metrics every time: computed once
-            by_name = {r.name: r for m in names for r in self._by_metric.get(m, ())}
-            touched = self._touched[names] = list(by_name.values())
-        events: list[AlertEvent] = []
-        memo: dict[tuple[str, float, str], float | None] = {}
-        alerts = self._alerts
-        for rule in touched:
-            if not self._applies(rule, server_id):
+        plan = self._plans.get(server_id)
+        if plan is None or plan.names != tuple(metrics):
+            plan = self._plan(server_id, tuple(metrics))
+        if not plan.checks:
+            return []
+        slots: list[float | None] = [None] * plan.size
+        for metric, window_ms, measures in plan.slices:
+            series = by_metric.get(metric)
+            if series is None:
                 continue
-            value: float | None
-            if type(rule) is ThresholdRule:  # the common case, inline
-                value = self._aggregate(
-                    server_id, rule.metric, rule.window_s, rule.aggregation, memo
+            times, values = series.window(window_ms)
+            for what, at in measures:
+                slots[at] = measure(what, times, values)
+        events: list[AlertEvent] = []
+        alerts = self._alerts
+        value: float | None
+        for rule, kind, operand, compare, threshold in plan.checks:
+            if kind == SLOT:
+                value = slots[operand]
+                active = value is not None and compare(value, threshold)
+            elif kind == COMPOSITE:
+                value = slots[operand[0][0]]
+                active = compare(
+                    (v := slots[at]) is not None and op(v, limit) for at, op, limit in operand
                 )
-                active = value is not None and _COMPARE[rule.op](value, rule.value)
+            elif kind == TIME_TO_LIMIT:
+                slope, last = slots[operand[0]], slots[operand[1]]
+                value = None
+                if slope is not None and last is not None:
+                    value = _time_to_limit(last, slope, operand[2])
+                active = value is not None and compare(value, threshold)
             else:
-                outcome = self._evaluate(rule, server_id, ts, memo)
+                outcome = self._anomaly(rule, server_id, ts, slots[operand])
                 if outcome is None:
                     continue
                 active, value = outcome
@@ -226,77 +247,25 @@ class AlertEngine:
                 self._fold(rule, server_id, active, value, ts, now, events)
         return events
 
-    def _evaluate(
-        self, rule: Rule, server_id: str, ts: int, memo: dict[tuple[str, float, str], float | None]
-    ) -> tuple[bool, float | None] | None:
-        """(condition holds, value) of ``rule`` on ``server_id``'s newest samples; ``None``
-        when it cannot be evaluated there (the reason is kept in :attr:`silent_reasons`).
-        ``memo`` holds the aggregates computed for this sample (rules share them)."""
-        if isinstance(rule, ThresholdRule):
-            return self._condition(rule, server_id, memo)
-        if isinstance(rule, CompositeRule):
-            results = [self._condition(c, server_id, memo) for c in rule.conditions]
-            holds = [r[0] for r in results]
-            active = all(holds) if rule.operator == "and" else any(holds)
-            return active, results[0][1]
-        if isinstance(rule, RateOfChangeRule):
-            return self._rate(rule, server_id)
-        if isinstance(rule, AnomalyRule):
-            return self._anomaly(rule, server_id, ts, memo)
-        return None
-
-    def _aggregate(
-        self,
-        server_id: str,
-        metric: str,
-        window_s: float,
-        aggregation: str,
-        memo: dict[tuple[str, float, str], float | None],
-    ) -> float | None:
-        key = (metric, window_s, aggregation)
-        if key in memo:
-            return memo[key]
-        series = self._series.get((server_id, metric))
-        window_ms = int(window_s * 1000)
-        value = None if series is None else aggregate(aggregation, series.window(window_ms)[1])
-        memo[key] = value
-        return value
-
-    def _condition(
-        self,
-        condition: Condition,
-        server_id: str,
-        memo: dict[tuple[str, float, str], float | None],
-    ) -> tuple[bool, float | None]:
-        value = self._aggregate(
-            server_id, condition.metric, condition.window_s, condition.aggregation, memo
+    def _plan(self, server_id: str, names: tuple[str, ...]) -> Plan:
+        """The plan of ``server_id``'s samples carrying ``names``, shared by every server
+        the same rules apply to."""
+        applying = tuple(
+            i for i, rule in enumerate(self.rules.rules) if self._applies(rule, server_id)
         )
-        if value is None:
-            return False, None
-        return _COMPARE[condition.op](value, condition.value), value
-
-    def _rate(self, rule: RateOfChangeRule, server_id: str) -> tuple[bool, float | None] | None:
-        series = self._series[(server_id, rule.metric)]
-        times, values = series.window(int(rule.window_s * 1000))
-        if len(times) < 2:
-            return False, None
-        if rule.mode == "change":
-            value: float | None = values[-1] - values[0]
-        else:
-            slope = slope_per_s(times, values)
-            if slope is None:
-                return False, None
-            value = slope if rule.mode == "rate" else _time_to_limit(values[-1], slope, rule)
-        assert value is not None
-        return _COMPARE[rule.op](value, rule.value), value
+        plan = self._shared_plans.get((names, applying))
+        if plan is None:
+            rules = [self.rules.rules[i] for i in applying]
+            plan = self._shared_plans[(names, applying)] = compile_plan(names, rules)
+        self._plans[server_id] = plan
+        return plan
 
     def _anomaly(
-        self,
-        rule: AnomalyRule,
-        server_id: str,
-        ts: int,
-        memo: dict[tuple[str, float, str], float | None],
+        self, rule: Rule, server_id: str, ts: int, value: float | None
     ) -> tuple[bool, float] | None:
+        """(beyond ``k`` spreads, score) of the window's ``value``; ``None`` when there is
+        no usable baseline (the reason is kept in :attr:`silent_reasons`)."""
+        assert isinstance(rule, AnomalyRule)
         key = (rule.name, server_id)
         baseline = None
         if self._baselines is not None:
@@ -313,7 +282,6 @@ class AlertEngine:
             self.silent_reasons[key] = "the baseline has no spread (set min_stddev)"
             return None
         self.silent_reasons.pop(key, None)
-        value = self._aggregate(server_id, rule.metric, rule.window_s, rule.aggregation, memo)
         if value is None:
             return False, 0.0
         score = (value - baseline.mean) / spread
@@ -559,15 +527,21 @@ class AlertEngine:
     def partition_states(self, partitions: Iterable[int]) -> dict[int, dict[str, Any]]:
         """Each partition's share of the state, as plain data: the alerts and samples of the
         servers last heard of on it (so it is consistent with that partition's checkpointed
-        offset). The pipeline alerts go with every partition."""
+        offset). The pipeline alerts go with every partition.
+
+        The samples are columns (a few byte strings a partition, not one entry a series): a
+        commit snapshots every series of the fleet on the stream's thread."""
         out: dict[int, dict[str, Any]] = {
-            p: {"alerts": [], "series": [], "servers": [], "partition_seen": []} for p in partitions
+            p: {"alerts": [], "servers": [], "partition_seen": []} for p in partitions
         }
+        columns: dict[int, _SeriesColumns] = {p: _SeriesColumns() for p in out}
+        no_series: dict[str, Series] = {}
         for server_id, partition in self._partition_of.items():
             part = out.get(partition)
             if part is not None:
                 seen = self._server_seen.get(server_id)
                 part["servers"].append([server_id, self._labels[server_id], seen])
+                columns[partition].add(self._series.get(server_id, no_series))
         for (name, key), alert in self._alerts.items():
             if key == PIPELINE:
                 for part in out.values():
@@ -577,11 +551,8 @@ class AlertEngine:
                 part = out.get(self._partition_of.get(key, -1))
                 if part is not None:
                     part["alerts"].append([name, key, alert.to_state(), None])
-        for (server_id, metric), series in self._series.items():
-            part = out.get(self._partition_of.get(server_id, -1))
-            if part is not None:
-                part["series"].append([server_id, metric, series.to_state()])
         for partition, part in out.items():
+            part["series"] = columns[partition].to_state()
             if partition in self._partition_seen:
                 part["partition_seen"] = [[partition, self._partition_seen[partition]]]
         return out
@@ -602,13 +573,61 @@ class AlertEngine:
                 self._alerts[(name, key)] = Alert.from_state(alert)
                 if labels is not None:
                     self._labels[self._label_key(rule, key)] = dict(labels)
-            for server_id, metric, series in state["series"]:
-                if metric in self._horizon_ms:
-                    horizon = self._horizon_ms[metric]
-                    self._series[(server_id, metric)] = Series.from_state(horizon, series)
+            servers = [server_id for server_id, _, _ in state["servers"]]
+            for server_id, metric, series in _SeriesColumns.read(servers, state["series"]):
+                horizon = self._horizon_ms.get(metric)
+                if horizon is not None:
+                    series.horizon_ms = horizon
+                    self._series.setdefault(server_id, {})[metric] = series
             for p, seen in state["partition_seen"]:
                 self._partition_seen[int(p)] = int(seen)
         self._server_seen = OrderedDict(sorted(self._server_seen.items(), key=lambda kv: kv[1]))
+
+
+class _SeriesColumns:
+    """The series of one partition's servers as columns: for each server (in the order of
+    the state's ``servers``) the set of metrics it has series of; for each series its sample
+    count; all the samples' times and values back to back."""
+
+    def __init__(self) -> None:
+        self.keysets: dict[tuple[str, ...], int] = {}
+        self.keyset_of = array("i")
+        self.lengths = array("i")
+        self.ts: list[array[int]] = []
+        self.values: list[array[float]] = []
+
+    def add(self, by_metric: Mapping[str, Series]) -> None:
+        """The next server's series."""
+        keysets = self.keysets
+        self.keyset_of.append(keysets.setdefault(tuple(by_metric), len(keysets)))
+        series = by_metric.values()
+        self.ts += [s.ts for s in series]
+        self.values += [s.values for s in series]
+        self.lengths.extend([len(s.ts) for s in series])
+
+    def to_state(self) -> list[Any]:
+        return [
+            [list(k) for k in self.keysets],
+            self.keyset_of.tobytes(),
+            self.lengths.tobytes(),
+            b"".join(self.ts),
+            b"".join(self.values),
+        ]
+
+    @staticmethod
+    def read(servers: list[str], state: list[Any]) -> Iterator[tuple[str, str, Series]]:
+        """The ``(server, metric, series)`` of :meth:`to_state` (horizons to be set)."""
+        keysets, keyset_of, lengths, ts, values = state
+        times, samples = array("q", ts), array("d", values)
+        length_of = iter(array("i", lengths))
+        at = 0
+        for server_id, keyset in zip(servers, array("i", keyset_of), strict=True):
+            for metric in keysets[keyset]:
+                length = next(length_of)
+                series = Series(0)
+                series.ts, series.values = times[at : at + length], samples[at : at + length]
+                at += length
+                yield server_id, metric, series
 
 
 def _windows(rule: Rule) -> list[tuple[str, float]]:
@@ -620,11 +639,10 @@ def _windows(rule: Rule) -> list[tuple[str, float]]:
     return []
 
 
-def _time_to_limit(last: float, slope: float, rule: RateOfChangeRule) -> float:
-    """Seconds until the line through ``last`` at ``slope`` per second crosses the rule's
-    limit (0 on it, infinite when moving away from it or flat)."""
-    assert rule.limit is not None
-    gap = rule.limit - last
+def _time_to_limit(last: float, slope: float, limit: float) -> float:
+    """Seconds until the line through ``last`` at ``slope`` per second crosses ``limit``
+    (0 on it, infinite when moving away from it or flat)."""
+    gap = limit - last
     if gap == 0:
         return 0.0
     if slope == 0 or (gap > 0) != (slope > 0):

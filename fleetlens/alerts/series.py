@@ -57,18 +57,6 @@ class Series:
         hi = bisect_right(times, end)
         return times[lo:hi], self.values[lo:hi]
 
-    def to_state(self) -> list[bytes]:
-        """The samples as bytes (for checkpoints)."""
-        return [self.ts.tobytes(), self.values.tobytes()]
-
-    @classmethod
-    def from_state(cls, horizon_ms: int, state: Sequence[bytes]) -> Series:
-        """Inverse of :meth:`to_state`."""
-        series = cls(horizon_ms)
-        series.ts.frombytes(state[0])
-        series.values.frombytes(state[1])
-        return series
-
 
 def aggregate(name: str, values: Sequence[float]) -> float | None:
     """``avg, min, max, sum, count, last, p50, p95, p99`` of ``values`` (``None`` if empty;
