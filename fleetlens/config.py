@@ -213,6 +213,8 @@ class AlertSettings(_Section):
     rules_path: Path = Path("alerts.yaml")
     #: Cadence of the wall-clock work: absences, repeats, escalations, rules-file changes.
     tick_interval_s: float = Field(default=1.0, gt=0)
+    #: How often the speed layer looks for new silences and acknowledgements (API-made).
+    control_check_s: float = Field(default=2.0, gt=0)
     notifier_group_id: str = "fleetlens-notifier"
     #: How long a notification is retried (exponential backoff) before it is reported failed.
     retry_for_s: float = Field(default=300.0, ge=0)

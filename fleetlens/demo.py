@@ -1,9 +1,9 @@
 """The demo: the whole ingest path on this machine, with a simulated fleet.
 
-Broker (embedded), collector, archiver and speed layer run as their own ``fleetlens``
-processes, exactly as they would be deployed; the simulator runs here. At the end the
-pipeline is drained (the archiver and the speed layer have committed everything the topic
-holds) and a summary is returned.
+Broker (embedded), API (ingest and alerts), archiver, speed layer and notifier run as their
+own ``fleetlens`` processes, exactly as they would be deployed; the simulator runs here. At
+the end the pipeline is drained (the archiver and the speed layer have committed everything
+the topic holds) and a summary is returned.
 """
 
 from __future__ import annotations
@@ -195,22 +195,23 @@ def run_demo(
     dlq_before = _end_offsets(settings, settings.kafka.topics.dlq.name)
     since_ms = int(time.time() * 1000)
     url = f"http://{settings.collector.host}:{settings.collector.port}"
-    collector = ServiceProcess("collector", ["collector"], log_dir=run_dir, env=env)
+    api = ServiceProcess("api", ["serve"], log_dir=run_dir, env=env)
     archiver = ServiceProcess("archiver", ["archive"], log_dir=run_dir, env=env)
     speed = ServiceProcess("speed", ["speed", "run"], log_dir=run_dir, env=env)
     notifier = ServiceProcess("notifier", ["alerts", "notify"], log_dir=run_dir, env=env)
-    services = [collector, archiver, speed, notifier]
+    services = [api, archiver, speed, notifier]
     try:
         for attempt in tenacity.Retrying(
             stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.2), reraise=True
         ):
             with attempt:
-                if collector.process.poll() is not None:
-                    raise RuntimeError(f"collector exited; see {collector.log_path}")
+                if api.process.poll() is not None:
+                    raise RuntimeError(f"the API exited; see {api.log_path}")
                 httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
         say(f"[bold]FleetLens demo[/bold] ({servers} servers, profile {settings.profile})")
         say(f"  broker     {settings.kafka.bootstrap_servers} ({settings.broker.mode})")
-        say(f"  collector  {url}/api/v1/metrics   metrics {url}/metrics   log {collector.log_path}")
+        say(f"  api        {url}/api/v1/metrics (ingest)   {url}/api/v1/alerts   {url}/docs")
+        say(f"             metrics {url}/metrics   log {api.log_path}")
         say(f"  archiver   → {settings.lake.root}/landing/metrics   log {archiver.log_path}")
         say(
             f"  speed      → {settings.lake.root}/tables/speed_1m, "

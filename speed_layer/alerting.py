@@ -8,13 +8,16 @@ checkpoints, which hold each partition's alert state, so a crash neither forgets
 loses a record of it; records replayed after a crash carry the same idempotency keys, which
 the notifier delivers once.
 
-The rules file is reloaded when it changes or on SIGHUP; a file that does not validate is
+Silences and acknowledgements made through the API are read from the lake on the same clock
+(:class:`fleetlens.alerts.control.ControlFollower`). The rules file is reloaded when it
+changes or on SIGHUP; a file that does not validate is
 refused with the reason logged, and the rules in force stay in force.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import msgspec
 from kafka import KafkaProducer
 
 from fleetlens.alerts.baselines import DeltaBaselines
+from fleetlens.alerts.control import Acknowledgement, AlertControl, ControlFollower
 from fleetlens.alerts.engine import AlertEngine, AlertEvent
 from fleetlens.alerts.rules import RulesError, load_rules
 from fleetlens.config import AlertSettings
@@ -64,6 +68,14 @@ class StreamAlerts:
         rules = load_rules(self._path)
         self._baselines = DeltaBaselines(lake, rules.anomaly_metrics)
         self.engine = AlertEngine(rules, baselines=self._baselines)
+        self._control = ControlFollower(
+            AlertControl(lake),
+            set_silences=self.engine.set_silences,
+            acknowledge=self._acknowledge,
+            check_every_s=settings.control_check_s,
+        )
+        # In force before the first sample is evaluated, not from the first tick on.
+        self._control.refresh(int(time.time() * 1000))
         self._encoder = msgspec.json.Encoder()
         self._pending: list[Any] = []
         self._next_tick = 0
@@ -93,7 +105,13 @@ class StreamAlerts:
         self._next_tick = now_ms + self._tick_ms
         self._maybe_reload(now_ms)
         self._baselines.refresh(now_ms)
+        self._control.refresh(now_ms)
         self._send(self.engine.tick(now_ms))
+
+    def _acknowledge(self, ack: Acknowledgement) -> None:
+        self.engine.acknowledge(
+            ack.alert_id, by=ack.acked_by, at=ack.acked_at, firing_at=ack.firing_at
+        )
 
     def _maybe_reload(self, now_ms: int) -> None:
         mtime = _mtime(self._path)

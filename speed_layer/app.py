@@ -4,13 +4,14 @@ Each commit (every ``speed.checkpoint_interval_s``, early when a catch-up closes
 on SIGTERM and before an idle exit) runs in this order, so that a crash anywhere neither loses
 nor double-counts a record in the state:
 
-1. here, on the main thread: the windows closed since the last commit are aggregated, their
-   ``fleet.agg1m.v1`` records queued, and every partition's state snapshotted with the offset
-   of the next record it has not processed;
-2. on the sink thread, while the main thread goes on: the rows are upserted into Delta
-   ``speed_1m`` and changed late counts into ``speed_late_1m``; the agg1m and DLQ records are
-   acknowledged; then the snapshots are written as the partitions' checkpoints (the commit
-   point);
+1. here, on the main thread: the windows closed since the last commit are handed over, and
+   every partition's state is snapshotted with the offset of the next record it has not
+   processed (plain data copied from the state, so the stream can go on changing it);
+2. on the sink thread, while the main thread goes on: the closed windows are aggregated and
+   their ``fleet.agg1m.v1`` records sent; the rows are upserted into Delta ``speed_1m`` and
+   changed late counts into ``speed_late_1m``; the agg1m, DLQ and alert records are
+   acknowledged; then the snapshots are encoded and written as the partitions' checkpoints
+   (the commit point);
 3. back here: the offsets are committed to Kafka, for lag monitoring only.
 
 Partitions are assigned statically: process ``speed.instance`` of ``speed.instances`` reads the
@@ -26,7 +27,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -245,15 +245,17 @@ class _Laps:
 class _SinkJob:
     """What one commit hands to the sink thread."""
 
-    rows: pa.Table | None
+    #: The windows closed since the last commit, and when they were handed over (epoch ms).
+    closed: list[OpenWindow]
+    emitted_at_ms: int
     late: list[tuple[str, int, int, int]]
     acks: list[Any]
-    #: (partition, offset, encoded checkpoint)
-    checkpoints: list[tuple[int, int, bytes]]
+    checkpoints: list[PartitionCheckpoint]
     records: int
     started: float
     steps: dict[str, float]
     covers_last_batch: bool
+    windows_closed: int = 0
     state_bytes: int = 0
 
 
@@ -415,44 +417,27 @@ class _Loop:
         started = time.perf_counter()
         steps: dict[str, float] = {}
         lap = _Laps(steps)
-        rows = None
-        if self.pending:
-            rows = aggregate_windows(
-                self.pending, sketch_k=self.cfg.sketch_k, emitted_at_ms=int(time.time() * 1000)
-            )
-            self.stats.windows_closed += rows.num_rows
-            self.metrics.closed.inc(rows.num_rows)
-            self.pending, self.pending_events = [], 0
-            lap("aggregate")
-            self.agg1m.send(rows)
-            lap("agg1m")
-        store = self.layer._store
+        closed, self.pending, self.pending_events = self.pending, [], 0
         alert_states = self.alerts.partition_states(self.states) if self.alerts else {}
+        lap("snapshot_alerts")
         checkpoints = [
-            (
-                partition,
-                self.positions[partition],
-                store.encode(
-                    PartitionCheckpoint(
-                        topic=self.layer._topic,
-                        partition=partition,
-                        offset=self.positions[partition],
-                        cluster_id=self.cluster_id,
-                        state=state.to_state(),
-                        format=FORMAT,
-                        alerts=alert_states.get(partition),
-                    )
-                ),
+            PartitionCheckpoint(
+                topic=self.layer._topic,
+                partition=partition,
+                offset=self.positions[partition],
+                cluster_id=self.cluster_id,
+                state=state.to_state(),
+                format=FORMAT,
+                alerts=alert_states.get(partition),
             )
             for partition, state in self.states.items()
         ]
-        lap("encode")
+        lap("snapshot")
         job = _SinkJob(
-            rows=rows,
+            closed=closed,
+            emitted_at_ms=int(time.time() * 1000),
             late=self._late_changes(),
-            acks=self.agg1m.take_pending()
-            + self.dlq.take_pending()
-            + (self.alerts.take_pending() if self.alerts else []),
+            acks=self.dlq.take_pending() + (self.alerts.take_pending() if self.alerts else []),
             checkpoints=checkpoints,
             records=self.stats.records,
             started=started,
@@ -469,17 +454,27 @@ class _Loop:
     def _write(self, job: _SinkJob) -> None:
         """The sink thread's part of a commit."""
         step = _Laps(job.steps)
-        if job.rows is not None:
-            self.table.upsert(job.rows)
-        step("speed_1m")
+        acks = list(job.acks)
+        if job.closed:
+            rows = aggregate_windows(
+                job.closed, sketch_k=self.cfg.sketch_k, emitted_at_ms=job.emitted_at_ms
+            )
+            job.windows_closed = rows.num_rows
+            step("aggregate")
+            self.agg1m.send(rows)
+            acks += self.agg1m.take_pending()
+            step("agg1m")
+            self.table.upsert(rows)
+            step("speed_1m")
         self.late_table.upsert(job.late, updated_at_ms=int(time.time() * 1000))
         step("late")
-        wait_acknowledged(self.producer, job.acks, timeout_s=self.layer._timeout_s)
+        wait_acknowledged(self.producer, acks, timeout_s=self.layer._timeout_s)
         step("acks")
         store, topic = self.layer._store, self.layer._topic
+        encoded = [(c.partition, c.offset, store.encode(c)) for c in job.checkpoints]
+        step("encode")
         job.state_bytes = sum(
-            store.write(topic, partition, offset, data)
-            for partition, offset, data in job.checkpoints
+            store.write(topic, partition, offset, data) for partition, offset, data in encoded
         )
         step("checkpoint")
         self._maybe_housekeep()
@@ -496,7 +491,9 @@ class _Loop:
         self.inflight = None
         future.result()
         done = time.perf_counter()
-        self.fetcher.commit({p: offset for p, offset, _ in job.checkpoints})
+        self.fetcher.commit({c.partition: c.offset for c in job.checkpoints})
+        self.stats.windows_closed += job.windows_closed
+        self.metrics.closed.inc(job.windows_closed)
         self.update_lag()
         elapsed = done - job.started
         self.last_checkpoint_at = time.monotonic()

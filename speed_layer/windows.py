@@ -86,10 +86,10 @@ class OpenWindow:
         return len(self.ts)
 
     def to_state(self) -> list[Any]:
-        """Plain data for checkpoints (the arrays as bytes: a snapshot)."""
+        """Plain data for checkpoints: a snapshot (copies), which the window may outlive."""
         return [
             self.start,
-            self.servers,
+            list(self.servers),
             list(self.tags),
             [list(k) for k in self.keysets],
             self.server_of.tobytes(),

@@ -492,12 +492,20 @@ class AlertEngine:
 
     # -- API -----------------------------------------------------------------------------
 
-    def acknowledge(self, alert_id_: str, *, by: str, at: int) -> bool:
-        """Acknowledge a firing alert (stops its escalation); False if there is none."""
+    def acknowledge(
+        self, alert_id_: str, *, by: str, at: int, firing_at: int | None = None
+    ) -> bool:
+        """Acknowledge a firing alert (stops its escalation); with ``firing_at``, only the
+        episode that fired then. False if there is no such alert; acknowledging again keeps
+        the first acknowledgement."""
         for (name, key), alert in self._alerts.items():
-            if alert_id(name, key) == alert_id_ and alert.state == "firing":
+            if alert_id(name, key) != alert_id_ or alert.state != "firing":
+                continue
+            if firing_at is not None and alert.firing_at != firing_at:
+                return False
+            if alert.acked_at is None:
                 alert.acknowledge(by, at)
-                return True
+            return True
         return False
 
     def alerts(self) -> list[dict[str, Any]]:
@@ -527,7 +535,8 @@ class AlertEngine:
     def partition_states(self, partitions: Iterable[int]) -> dict[int, dict[str, Any]]:
         """Each partition's share of the state, as plain data: the alerts and samples of the
         servers last heard of on it (so it is consistent with that partition's checkpointed
-        offset). The pipeline alerts go with every partition.
+        offset). The pipeline alerts go with every partition. A snapshot: nothing in it
+        changes with the engine afterwards.
 
         The samples are columns (a few byte strings a partition, not one entry a series): a
         commit snapshots every series of the fleet on the stream's thread."""
@@ -546,6 +555,7 @@ class AlertEngine:
             if key == PIPELINE:
                 for part in out.values():
                     labels = self._labels.get(self._label_key(self._by_name[name], key))
+                    labels = None if labels is None else dict(labels)  # it changes in place
                     part["alerts"].append([name, key, alert.to_state(), labels])
             else:
                 part = out.get(self._partition_of.get(key, -1))

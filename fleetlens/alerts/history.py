@@ -7,7 +7,9 @@ channels it was delivered to and those given up on; upserted on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
+from datetime import datetime
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -17,7 +19,7 @@ from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import ALERTS_KEY, ALERTS_SCHEMA, TAG_COLUMNS
 
-__all__ = ["ALERTS_TABLE", "AlertHistory"]
+__all__ = ["ALERTS_TABLE", "AlertHistory", "active_alerts"]
 
 ALERTS_TABLE = "alerts"
 
@@ -48,6 +50,71 @@ class AlertHistory:
         table = pa.Table.from_pylist(rows, schema=ALERTS_SCHEMA)
         # Alerts are rare next to samples: the merge reads the whole table, which stays small.
         delta.upsert(self._lake, ALERTS_TABLE, table, key=ALERTS_KEY)
+
+    def active(self, *, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The alerts pending or firing now (of ``tenant``), as :func:`active_alerts`."""
+        columns = [
+            "at",
+            "alert_id",
+            "rule",
+            "severity",
+            "change",
+            "labels",
+            "value",
+            "started_at",
+            "firing_at",
+            "summary",
+            "suppressed_by",
+        ]
+        filters = None if tenant is None else [("tenant", "=", tenant)]
+        rows = delta.read_table(self._lake, ALERTS_TABLE, columns=columns, filters=filters)
+        return active_alerts(rows.to_pylist())
+
+
+#: The changes that end an episode.
+_ENDS = frozenset({"resolved", "cancelled"})
+
+
+def active_alerts(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The alerts whose latest episode has not ended, from rows of the ``alerts`` table.
+
+    An episode is an alert's rows with one ``started_at``; it has ended once one of them is
+    ``resolved`` or ``cancelled``. Rows are not ordered by ``at`` alone: a repeat is stamped
+    with the wall clock, a resolution with the event time of the sample that ended it.
+    """
+    episodes: dict[tuple[str, datetime | None], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        episodes.setdefault((row["alert_id"], row["started_at"]), []).append(row)
+    latest: dict[str, list[Mapping[str, Any]]] = {}
+    for (alert, started), episode in episodes.items():
+        current = latest.get(alert)
+        if current is None or _after(started, current[0]["started_at"]):
+            latest[alert] = episode
+    out = []
+    for alert, episode in latest.items():
+        if any(row["change"] in _ENDS for row in episode):
+            continue
+        firing = [row for row in episode if row["firing_at"] is not None]
+        newest = max(firing or episode, key=lambda row: row["at"])
+        out.append(
+            {
+                "id": alert,
+                "rule": newest["rule"],
+                "severity": newest["severity"],
+                "state": "firing" if firing else "pending",
+                "labels": msgspec.json.decode(newest["labels"]),
+                "value": newest["value"],
+                "summary": newest["summary"],
+                "started_at": newest["started_at"],
+                "firing_at": newest["firing_at"],
+                "silenced_by": list(newest["suppressed_by"]),
+            }
+        )
+    return sorted(out, key=lambda a: (a["state"] != "firing", a["rule"], a["id"]))
+
+
+def _after(a: datetime | None, b: datetime | None) -> bool:
+    return b is None or (a is not None and a > b)
 
 
 def _us(ms: int | None) -> int | None:

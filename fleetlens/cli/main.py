@@ -147,19 +147,38 @@ def collector(
     host: Annotated[str | None, typer.Option(help="Override collector.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Override collector.port.")] = None,
 ) -> None:
-    """Serve the HTTP collector: POST /api/v1/metrics → Kafka."""
-    import uvicorn
-
+    """Serve the HTTP collector only: POST /api/v1/metrics → Kafka (``serve`` adds the rest
+    of the API)."""
     from fleetlens.ingest.collector import create_app
 
     settings = _settings(ctx)
+    _run_http(create_app(settings), settings, host=host, port=port)
+
+
+def _run_http(asgi: Any, settings: Settings, *, host: str | None, port: int | None) -> None:
+    import uvicorn
+
     uvicorn.run(
-        create_app(settings),
+        asgi,
         host=host or settings.collector.host,
         port=port or settings.collector.port,
         log_level="warning",
         access_log=False,
     )
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Override collector.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override collector.port.")] = None,
+) -> None:
+    """Serve the FleetLens API: the collector's ingest and the alert endpoints
+    (/api/v1/alerts, /api/v1/silences), with the tenants' tokens; OpenAPI at /docs."""
+    from fleetlens.serving.app import create_app
+
+    settings = _settings(ctx)
+    _run_http(create_app(settings), settings, host=host, port=port)
 
 
 @app.command()

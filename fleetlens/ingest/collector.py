@@ -7,7 +7,6 @@ payloads; consumers keep one copy per ``event_id``.
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from fleetlens.config import Settings
 from fleetlens.contract import ContractViolation, Event, Validator, encode_event
 from fleetlens.kafka.clients import make_producer
 from fleetlens.logging import get_logger
+from fleetlens.serving.auth import TenantTokens
 
 __all__ = ["create_app"]
 
@@ -119,36 +119,33 @@ def _reason_label(field: str) -> str:
     return head if head in _REASON_LABELS else "payload"
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    title: str = "FleetLens collector",
+) -> FastAPI:
     """The collector's ASGI application.
 
     Args:
         settings: FleetLens settings (collector, contract and Kafka sections are used).
         registry: Prometheus registry for the service's metrics (a fresh one by default).
+        title: The application's title (in its OpenAPI document).
     """
     registry = registry or CollectorRegistry()
     metrics = _Metrics(registry)
     validator = Validator(settings.contract)
     publisher = _Publisher(settings)
     cfg = settings.collector
-    tokens = {t.get_secret_value(): tenant for tenant, t in cfg.tokens.items()}
+    tokens = TenantTokens(cfg.tokens)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         yield
         await run_in_threadpool(publisher.close)
 
-    app = FastAPI(title="FleetLens collector", version="1", lifespan=lifespan)
+    app = FastAPI(title=title, version="1", lifespan=lifespan)
     app.mount("/metrics", make_asgi_app(registry=registry))
-
-    def tenant_of(request: Request) -> str | None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        for known, tenant in tokens.items():
-            if secrets.compare_digest(known.encode(), token.encode()):
-                return tenant
-        return None
 
     def answer(code: int, body: dict[str, Any], **headers: str) -> JSONResponse:
         metrics.requests.labels(code=str(code)).inc()
@@ -160,7 +157,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     @app.post("/api/v1/metrics", status_code=202)
     async def ingest(request: Request) -> Response:
-        tenant = tenant_of(request)
+        tenant = tokens.tenant_of(request.headers.get("authorization"))
         if tenant is None:
             return answer(
                 401,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 __all__ = [
+    "ACKS_KEY",
+    "ACKS_SCHEMA",
     "ALERTS_KEY",
     "ALERTS_SCHEMA",
     "BASELINE_SCHEMA",
@@ -15,6 +17,8 @@ __all__ = [
     "ROLLUP_1D_SCHEMA",
     "ROLLUP_HOURLY_SCHEMA",
     "ROLLUP_SCHEMA",
+    "SILENCES_KEY",
+    "SILENCES_SCHEMA",
     "SPEED_1M_SCHEMA",
     "SPEED_LATE_SCHEMA",
     "TAG_COLUMNS",
@@ -145,6 +149,37 @@ ALERTS_SCHEMA = pa.schema(
 )
 #: A notification held back by a silence and the same one sent later are two rows.
 ALERTS_KEY = ("idempotency_key", "suppressed")
+
+#: ``alert_silences``: the silences made through the API, one row each in its latest form (an
+#: expired silence ends when it was expired).
+SILENCES_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("tenant", pa.string(), nullable=False),
+        pa.field("matchers", pa.string(), nullable=False),  # JSON list of matchers
+        pa.field("starts_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ends_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("comment", pa.string(), nullable=False),
+        pa.field("created_by", pa.string(), nullable=False),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("expired_by", pa.string()),
+    ]
+)
+SILENCES_KEY = ("id",)
+
+#: ``alert_acks``: acknowledgements made through the API, one per episode of an alert (the
+#: episode is the time it fired).
+ACKS_SCHEMA = pa.schema(
+    [
+        pa.field("alert_id", pa.string(), nullable=False),
+        pa.field("firing_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("tenant", pa.string(), nullable=False),
+        pa.field("acked_by", pa.string(), nullable=False),
+        pa.field("acked_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("comment", pa.string(), nullable=False),
+    ]
+)
+ACKS_KEY = ("alert_id", "firing_at")
 
 #: ``batch_watermarks`` (control table): per table, the end of the last complete, verified
 #: interval; the serving layer reads batch data before it and speed data after it.

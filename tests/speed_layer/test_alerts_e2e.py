@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 from aiosmtpd.controller import Controller
 from deltalake import DeltaTable, write_deltalake
+from fastapi.testclient import TestClient
 from test_speed_e2e import read_topic_raw
 
 from fleetlens.alerts.engine import AlertEvent, hour_of_week
@@ -30,6 +31,7 @@ from fleetlens.demo import ServiceProcess
 from fleetlens.kafka.clients import make_producer
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import BASELINE_SCHEMA
+from fleetlens.serving.app import create_app
 from ports import free_port
 from speed_layer.app import SpeedLayer
 
@@ -112,6 +114,45 @@ def test_an_incident_fires_and_resolves_once_and_a_restart_does_not_fire_again(
     assert firing.channels == ("log",) and firing.summary == "CPU 99.0 on web-hot"
     assert records[2].channels == ("log",)
     assert len({r.idempotency_key for r in records}) == 3
+
+
+def test_a_silence_made_through_the_api_holds_back_the_firing_until_it_is_expired(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(RULES)
+    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
+    monkeypatch.setenv("FLEETLENS_SPEED__CHECKPOINT_INTERVAL_S", "0.5")
+    auth = {"Authorization": "Bearer dev-token-acme"}
+    silence = {
+        "matchers": [{"name": "server", "value": "web-hot"}],
+        "ends_at": "2099-01-01T00:00:00Z",
+        "comment": "known hot spot",
+        "created_by": "ana",
+    }
+    with TestClient(create_app(load_settings())) as api:
+        created = api.post("/api/v1/silences", json=silence, headers=auth)
+        assert created.status_code == 201, created.text
+        silence_id = created.json()["id"]
+        start_s = int(time.time()) // 60 * 60 - 900
+        produce(settings, start_s=start_s, ticks=range(0, 20))
+        assert SpeedLayer(load_settings()).run(exit_when_idle_s=2).alerts == {
+            "pending": 1,
+            "firing": 1,
+        }
+        held = alert_records(settings)[-1]
+        assert (held.change, held.channels, held.suppressed_by) == ("firing", (), (silence_id,))
+        expired = api.delete(f"/api/v1/silences/{silence_id}", params={"by": "ana"}, headers=auth)
+        assert expired.json()["state"] == "expired"
+    # No new samples: the layer's clock finds the silence gone and lets the firing go out.
+    assert SpeedLayer(load_settings()).run(exit_when_idle_s=3).alerts == {"firing": 1}
+    released = alert_records(settings)[-1]
+    assert (released.change, released.channels, released.suppressed_by) == (
+        "firing",
+        ("log",),
+        (),
+    )
+    assert released.idempotency_key == held.idempotency_key  # the same notification, now sent
 
 
 class Receiver(BaseHTTPRequestHandler):

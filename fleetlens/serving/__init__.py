@@ -1,0 +1,1 @@
+"""Serving: the FleetLens HTTP API (ingest, alerts) and what it reads."""

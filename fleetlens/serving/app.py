@@ -1,0 +1,23 @@
+"""The FleetLens API: one service for the collector's ingest and the alert endpoints."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from fleetlens.config import Settings
+from fleetlens.ingest.collector import create_app as create_collector
+from fleetlens.lake.paths import Lake
+from fleetlens.serving.alerts import alerts_router
+from fleetlens.serving.auth import TenantTokens
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
+    """The API's ASGI application: ``POST /api/v1/metrics`` and the alert endpoints, all
+    authenticated by the tenants' bearer tokens (``collector.tokens``)."""
+    app = create_collector(settings, registry=registry, title="FleetLens API")
+    tokens = TenantTokens(settings.collector.tokens)
+    app.include_router(alerts_router(Lake(settings.lake), tokens))
+    return app
