@@ -21,9 +21,12 @@ and validation run in a child process (:mod:`speed_layer.fetcher`).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +231,18 @@ class SpeedLayer:
         return self.stats
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (the collector would walk the whole heap)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class _Laps:
     """Records into ``steps`` the seconds since the previous lap (or since creation)."""
 
@@ -344,7 +359,12 @@ class _Loop:
                     self.pending_events += len(window.ts)
             # A catch-up closes windows faster than the interval drains them: bound the backlog.
             due = now - self.last_commit_at >= self.cfg.checkpoint_interval_s
-            if due or self.pending_events >= self.cfg.max_pending_windows:
+            backlog = self.pending_events / self.cfg.max_pending_windows
+            # While a commit is being written, the next one waits for it rather than stop
+            # the stream (a minute's windows close over a few polls), unless the backlog
+            # is far over its bound: then the stream waits, which bounds a catch-up's memory.
+            busy = self.inflight is not None and not self.inflight[1].done()
+            if (due or backlog >= 1) and (not busy or backlog >= 4):
                 self.commit()
             self.collect(wait=False)
             self.metrics.checkpoint_age.set(time.monotonic() - self.last_checkpoint_at)
@@ -418,21 +438,22 @@ class _Loop:
         steps: dict[str, float] = {}
         lap = _Laps(steps)
         closed, self.pending, self.pending_events = self.pending, [], 0
-        alert_states = self.alerts.partition_states(self.states) if self.alerts else {}
-        lap("snapshot_alerts")
-        checkpoints = [
-            PartitionCheckpoint(
-                topic=self.layer._topic,
-                partition=partition,
-                offset=self.positions[partition],
-                cluster_id=self.cluster_id,
-                state=state.to_state(),
-                format=FORMAT,
-                alerts=alert_states.get(partition),
-            )
-            for partition, state in self.states.items()
-        ]
-        lap("snapshot")
+        with _gc_paused():  # the snapshot makes many small objects, all kept: no garbage
+            alert_states = self.alerts.partition_states(self.states) if self.alerts else {}
+            lap("snapshot_alerts")
+            checkpoints = [
+                PartitionCheckpoint(
+                    topic=self.layer._topic,
+                    partition=partition,
+                    offset=self.positions[partition],
+                    cluster_id=self.cluster_id,
+                    state=state.to_state(),
+                    format=FORMAT,
+                    alerts=alert_states.get(partition),
+                )
+                for partition, state in self.states.items()
+            ]
+            lap("snapshot")
         job = _SinkJob(
             closed=closed,
             emitted_at_ms=int(time.time() * 1000),

@@ -41,7 +41,7 @@ from fleetlens.alerts.rules import (
     RuleSet,
     ThresholdRule,
 )
-from fleetlens.alerts.series import Series
+from fleetlens.alerts.series import ServerSeries
 from fleetlens.alerts.silences import Silence, suppressing
 
 __all__ = ["AlertEngine", "AlertEvent", "Baseline", "BaselineLookup", "alert_id", "hour_of_week"]
@@ -113,8 +113,8 @@ class AlertEngine:
     def __init__(self, rules: RuleSet, *, baselines: BaselineLookup | None = None) -> None:
         self._baselines = baselines
         self._silences: tuple[Silence, ...] = ()
-        #: server -> metric -> its recent samples.
-        self._series: dict[str, dict[str, Series]] = {}
+        #: server -> its recent samples.
+        self._series: dict[str, ServerSeries] = {}
         self._alerts: dict[tuple[str, str], Alert] = {}
         self._labels: dict[str, dict[str, str | None]] = {}
         #: Each server's tags as last seen (a change re-reads its labels).
@@ -143,9 +143,9 @@ class AlertEngine:
             for metric, window_s in _windows(rule):
                 horizon[metric] = max(horizon.get(metric, 0.0), window_s)
         self._horizon_ms = {m: int(s * 1000) for m, s in horizon.items()}
-        for by_metric in self._series.values():
-            for metric, series in by_metric.items():
-                series.horizon_ms = self._horizon_ms.get(metric, series.horizon_ms)
+        for series in self._series.values():
+            horizons = [self._horizon_ms.get(m, 0) for m in series.columns]
+            series.horizon_ms = max(horizons, default=series.horizon_ms)
         self._absence = [r for r in rules.rules if isinstance(r, AbsenceRule)]
 
     def reload(self, rules: RuleSet, *, now: int) -> list[AlertEvent]:
@@ -161,9 +161,6 @@ class AlertEngine:
                 events.append(self._event(rule, key, alert, "resolved", now, now))
             del self._alerts[(name, key)]
         self._index(rules)
-        for by_metric in self._series.values():
-            for metric in [m for m in by_metric if m not in self._horizon_ms]:
-                del by_metric[metric]
         return events
 
     def set_silences(self, silences: Iterable[Silence]) -> None:
@@ -196,30 +193,24 @@ class AlertEngine:
         self._partition_of[server_id] = partition
         if now > self._partition_seen.get(partition, now - 1):
             self._partition_seen[partition] = now
-        by_metric = self._series.get(server_id)
-        if by_metric is None:
-            by_metric = self._series[server_id] = {}
-        for metric, sample in metrics.items():
-            series = by_metric.get(metric)
-            if series is None:
-                horizon = self._horizon_ms.get(metric)
-                if horizon is None:
-                    continue
-                series = by_metric[metric] = Series(horizon)
-            series.add(ts, sample)
+        series = self._series.get(server_id)
+        if series is None:
+            series = self._series[server_id] = ServerSeries(0)
+        series.add(ts, metrics, self._horizon_ms)
         plan = self._plans.get(server_id)
         if plan is None or plan.names != tuple(metrics):
             plan = self._plan(server_id, tuple(metrics))
         if not plan.checks:
             return []
         slots: list[float | None] = [None] * plan.size
-        for metric, window_ms, measures in plan.slices:
-            series = by_metric.get(metric)
-            if series is None:
-                continue
-            times, values = series.window(window_ms)
-            for what, at in measures:
-                slots[at] = measure(what, times, values)
+        for window_ms, by_metric in plan.slices:
+            lo, hi = series.bounds(window_ms)
+            for metric, measures in by_metric:
+                if metric not in series.index:
+                    continue  # never seen: no value, not even a count of 0
+                times, values = series.column(metric, lo, hi)
+                for what, at in measures:
+                    slots[at] = measure(what, times, values)
         events: list[AlertEvent] = []
         alerts = self._alerts
         value: float | None
@@ -544,13 +535,12 @@ class AlertEngine:
             p: {"alerts": [], "servers": [], "partition_seen": []} for p in partitions
         }
         columns: dict[int, _SeriesColumns] = {p: _SeriesColumns() for p in out}
-        no_series: dict[str, Series] = {}
         for server_id, partition in self._partition_of.items():
             part = out.get(partition)
             if part is not None:
                 seen = self._server_seen.get(server_id)
                 part["servers"].append([server_id, self._labels[server_id], seen])
-                columns[partition].add(self._series.get(server_id, no_series))
+                columns[partition].add(self._series.get(server_id))
         for (name, key), alert in self._alerts.items():
             if key == PIPELINE:
                 for part in out.values():
@@ -584,11 +574,10 @@ class AlertEngine:
                 if labels is not None:
                     self._labels[self._label_key(rule, key)] = dict(labels)
             servers = [server_id for server_id, _, _ in state["servers"]]
-            for server_id, metric, series in _SeriesColumns.read(servers, state["series"]):
-                horizon = self._horizon_ms.get(metric)
-                if horizon is not None:
-                    series.horizon_ms = horizon
-                    self._series.setdefault(server_id, {})[metric] = series
+            for server_id, series in _SeriesColumns.read(servers, state["series"]):
+                horizons = [self._horizon_ms.get(m, 0) for m in series.columns]
+                series.horizon_ms = max(horizons, default=0)
+                self._series[server_id] = series
             for p, seen in state["partition_seen"]:
                 self._partition_seen[int(p)] = int(seen)
         self._server_seen = OrderedDict(sorted(self._server_seen.items(), key=lambda kv: kv[1]))
@@ -596,48 +585,58 @@ class AlertEngine:
 
 class _SeriesColumns:
     """The series of one partition's servers as columns: for each server (in the order of
-    the state's ``servers``) the set of metrics it has series of; for each series its sample
-    count; all the samples' times and values back to back."""
+    the state's ``servers``) its columns (an index into a list of column lists; -1: no
+    series) and row count; all the rows' times and values back to back."""
 
     def __init__(self) -> None:
-        self.keysets: dict[tuple[str, ...], int] = {}
-        self.keyset_of = array("i")
-        self.lengths = array("i")
+        self.layouts: dict[tuple[str, ...], int] = {}
+        self.layout_of = array("i")
+        self.rows = array("i")
         self.ts: list[array[int]] = []
         self.values: list[array[float]] = []
 
-    def add(self, by_metric: Mapping[str, Series]) -> None:
+    def add(self, series: ServerSeries | None) -> None:
         """The next server's series."""
-        keysets = self.keysets
-        self.keyset_of.append(keysets.setdefault(tuple(by_metric), len(keysets)))
-        series = by_metric.values()
-        self.ts += [s.ts for s in series]
-        self.values += [s.values for s in series]
-        self.lengths.extend([len(s.ts) for s in series])
+        if series is None:
+            self.layout_of.append(-1)
+            self.rows.append(0)
+            return
+        layouts = self.layouts
+        self.layout_of.append(layouts.setdefault(series.layout, len(layouts)))
+        self.rows.append(len(series.ts))
+        self.ts.append(series.ts)
+        self.values.append(series.values)
 
     def to_state(self) -> list[Any]:
         return [
-            [list(k) for k in self.keysets],
-            self.keyset_of.tobytes(),
-            self.lengths.tobytes(),
+            [list(k) for k in self.layouts],
+            self.layout_of.tobytes(),
+            self.rows.tobytes(),
             b"".join(self.ts),
             b"".join(self.values),
         ]
 
     @staticmethod
-    def read(servers: list[str], state: list[Any]) -> Iterator[tuple[str, str, Series]]:
-        """The ``(server, metric, series)`` of :meth:`to_state` (horizons to be set)."""
-        keysets, keyset_of, lengths, ts, values = state
+    def read(servers: list[str], state: list[Any]) -> Iterator[tuple[str, ServerSeries]]:
+        """The ``(server, series)`` of :meth:`to_state` (horizons to be set)."""
+        layouts, layout_of, rows, ts, values = state
         times, samples = array("q", ts), array("d", values)
-        length_of = iter(array("i", lengths))
-        at = 0
-        for server_id, keyset in zip(servers, array("i", keyset_of), strict=True):
-            for metric in keysets[keyset]:
-                length = next(length_of)
-                series = Series(0)
-                series.ts, series.values = times[at : at + length], samples[at : at + length]
-                at += length
-                yield server_id, metric, series
+        at = cell = 0
+        for server_id, layout, count in zip(
+            servers, array("i", layout_of), array("i", rows), strict=True
+        ):
+            if layout < 0:
+                continue
+            columns = layouts[layout]
+            cells = count * len(columns)
+            yield (
+                server_id,
+                ServerSeries.restored(
+                    0, columns, times[at : at + count], samples[cell : cell + cells]
+                ),
+            )
+            at += count
+            cell += cells
 
 
 def _windows(rule: Rule) -> list[tuple[str, float]]:

@@ -3,9 +3,10 @@
 A server sends the same metrics every time and its labels rarely change, so which rules a
 sample touches, which (metric, window) slices they read and which aggregates of each slice
 they compare are worked out once per (metric names, matching rules) and shared by every
-server with the same ones (:func:`compile_plan`). Evaluating a sample is then one slice per
-(metric, window) and one aggregate per (slice, aggregation), however many rules share them,
-and a flat loop of comparisons (:func:`measure` and the engine's ``observe``).
+server with the same ones (:func:`compile_plan`). Evaluating a sample is then one bisection
+per window length, one slice per (metric, window) and one aggregate per (slice, aggregation),
+however many rules share them, and a flat loop of comparisons (:func:`measure` and the
+engine's ``observe``).
 
 Pure: no clock, no state.
 """
@@ -60,13 +61,13 @@ Check = tuple[Rule, int, Any, Any, float]
 class Plan:
     """The evaluation of one kind of sample.
 
-    ``slices`` are ``(metric, window_ms, ((measure, slot), ...))``: the measures of each
-    window (an aggregation, or ``change`` / ``slope`` for rate-of-change rules) go into a
-    list of ``size`` slots that ``checks`` read.
+    ``slices`` are ``(window_ms, ((metric, ((measure, slot), ...)), ...))``: for each window
+    length, the measures of each metric in it (an aggregation, or ``change`` / ``slope`` for
+    rate-of-change rules) go into a list of ``size`` slots that ``checks`` read.
     """
 
     names: tuple[str, ...]
-    slices: tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...]
+    slices: tuple[tuple[int, tuple[tuple[str, tuple[tuple[str, int], ...]], ...]], ...]
     checks: tuple[Check, ...]
     size: int
 
@@ -114,10 +115,13 @@ def compile_plan(names: tuple[str, ...], rules: Sequence[Rule]) -> Plan:
         elif isinstance(rule, AnomalyRule):
             at = slot(rule.metric, rule.window_s, rule.aggregation)
             checks.append((rule, ANOMALY, at, None, rule.k))
-    windows: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    windows: dict[int, dict[str, list[tuple[str, int]]]] = {}
     for (metric, window_ms, what), at in slots.items():
-        windows.setdefault((metric, window_ms), []).append((what, at))
-    slices = tuple((m, w, tuple(measures)) for (m, w), measures in windows.items())
+        windows.setdefault(window_ms, {}).setdefault(metric, []).append((what, at))
+    slices = tuple(
+        (window_ms, tuple((m, tuple(measures)) for m, measures in by_metric.items()))
+        for window_ms, by_metric in windows.items()
+    )
     return Plan(names=names, slices=slices, checks=tuple(checks), size=len(slots))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from fleetlens.alerts.engine import AlertEngine, AlertEvent, Baseline, alert_id, hour_of_week
 from fleetlens.alerts.rules import parse_rules
-from fleetlens.alerts.series import Series, aggregate, slope_per_s
+from fleetlens.alerts.series import ServerSeries, aggregate, slope_per_s
 from fleetlens.alerts.silences import Matcher, Silence
 
 S = 1_000
@@ -91,17 +91,37 @@ def changes(events: list[AlertEvent]) -> list[tuple[str, int, tuple[str, ...]]]:
 
 
 def test_series_windows_keep_time_order_and_forget_past_the_horizon() -> None:
-    series = Series(horizon_ms=60 * S)
+    wanted = {"cpu": 60 * S}
+    series = ServerSeries(horizon_ms=60 * S)
     for ts, value in [(0, 1.0), (10, 2.0), (30, 4.0), (20, 3.0), (100, 5.0)]:
-        series.add(ts * S, value)
+        series.add(ts * S, {"cpu": value}, wanted)
     assert list(series.ts) == [100 * S]  # 60 s behind the newest sample, nothing is left
-    series = Series(horizon_ms=60 * S)
+    series = ServerSeries(horizon_ms=60 * S)
     for ts, value in [(0, 1.0), (10, 2.0), (30, 4.0), (20, 3.0)]:
-        series.add(ts * S, value)
-    times, values = series.window(20 * S)
+        series.add(ts * S, {"cpu": value, "ignored": 0.0}, wanted)
+    times, values = series.window("cpu", 20 * S)
     assert (list(times), list(values)) == ([20 * S, 30 * S], [3.0, 4.0])
-    series.add(70 * S, 9.0)  # 0 and 10 fall out of the 60 s horizon
-    assert list(series.values) == [3.0, 4.0, 9.0]
+    series.add(70 * S, {"cpu": 9.0}, wanted)  # 0 and 10 fall out of the 60 s horizon
+    assert list(series.window("cpu", 60 * S)[1]) == [3.0, 4.0, 9.0]
+    assert series.columns == ["cpu"]
+
+
+def test_a_series_keeps_each_metric_of_varying_samples_apart() -> None:
+    wanted = {"cpu": 600 * S, "mem": 60 * S, "disk": 60 * S}
+    series = ServerSeries(horizon_ms=0)
+    series.add(0, {"cpu": 1.0, "mem": 10.0}, wanted)
+    series.add(10 * S, {"mem": 20.0, "cpu": 2.0}, wanted)  # another order
+    series.add(20 * S, {"cpu": 3.0}, wanted)  # no mem
+    series.add(30 * S, {"disk": 7.0, "cpu": 4.0}, wanted)  # a new metric
+    series.add(5 * S, {"cpu": 1.5, "mem": 15.0}, wanted)  # late
+    assert series.horizon_ms == 600 * S  # the longest horizon of its metrics
+    assert list(series.window("cpu", 60 * S)[1]) == [1.0, 1.5, 2.0, 3.0, 4.0]
+    assert [list(c) for c in series.window("mem", 60 * S)] == [
+        [0, 5 * S, 10 * S],
+        [10.0, 15.0, 20.0],
+    ]
+    assert [list(c) for c in series.window("disk", 60 * S)] == [[30 * S], [7.0]]
+    assert series.window("net", 60 * S) == ((), ())
 
 
 @pytest.mark.parametrize(
@@ -394,18 +414,19 @@ def test_each_partition_checkpoints_exactly_the_samples_of_its_servers() -> None
     feed(eng, [1, 2, 3], server="d", partition=2)  # a partition not checkpointed here
 
     def samples(e: AlertEngine) -> dict[tuple[str, str], list[tuple[int, float]]]:
-        return {
-            (server, metric): list(zip(series.ts, series.values, strict=True))
-            for server, by_metric in e._series.items()
-            for metric, series in by_metric.items()
-        }
+        out = {}
+        for server, series in e._series.items():
+            for metric in series.columns:
+                times, values = series.window(metric, 3600 * S)
+                out[(server, metric)] = list(zip(times, values, strict=True))
+        return out
 
     states = msgspec.msgpack.decode(msgspec.msgpack.encode(eng.partition_states([0, 1])))
     restored = engine(*rules)
     restored.restore((int(p), state) for p, state in states.items())
     expected = {k: v for k, v in samples(eng).items() if k[0] != "d"}
     assert samples(restored) == expected
-    assert len(expected[("a", "cpu_pct")]) == 4 and len(expected[("a", "mem_pct")]) == 3
+    assert len(expected[("a", "cpu_pct")]) == len(expected[("a", "mem_pct")]) == 4
     # The restored series evaluate as the originals would: 1-minute cpu averages of
     # (10 + 20 + 30 + 40 + 200) / 5 = 60, then with one more 200, 500 / 6 > 80.
     assert feed(restored, [200], server="a", start=T0 + 40 * S) == []
