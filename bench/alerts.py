@@ -32,7 +32,7 @@ import numpy as np
 
 from bench._common import Report, Scratch, fmt_int, percentile, say
 from bench._topic import prefill, run_to_exit
-from fleetlens.kafka.clients import make_producer
+from fleetlens.kafka.clients import all_partitions, log_end_offsets, make_consumer, make_producer
 
 __all__ = ["AlertBenchOptions", "main", "run"]
 
@@ -226,7 +226,43 @@ def _latency(scratch: Scratch, options: AlertBenchOptions, rules: Path) -> dict[
     latencies = sorted(
         _Receiver.arrivals[s] - t for s, t in sent_at.items() if s in _Receiver.arrivals
     )
-    return {"sent": len(sent_at), "received": len(latencies), "latencies": latencies}
+    # The two halves: to the firing record's send by the speed layer (its Kafka timestamp),
+    # and from there to the webhook (fleet.alerts.v1, the notifier, the HTTP POST).
+    recorded = _firing_sent_at(scratch)
+    to_topic = sorted(recorded[s] - t for s, t in sent_at.items() if s in recorded)
+    to_hook = sorted(
+        _Receiver.arrivals[s] - recorded[s]
+        for s in sent_at
+        if s in recorded and s in _Receiver.arrivals
+    )
+    return {
+        "sent": len(sent_at),
+        "received": len(latencies),
+        "latencies": latencies,
+        "to_topic": to_topic,
+        "to_hook": to_hook,
+    }
+
+
+def _firing_sent_at(scratch: Scratch) -> dict[str, float]:
+    """When the speed layer sent each trigger's firing record (its record timestamp)."""
+    kafka = scratch.settings.kafka
+    consumer = make_consumer(kafka, group_id=None)
+    try:
+        partitions = all_partitions(consumer, kafka.topics.alerts.name)
+        ends = log_end_offsets(consumer, partitions)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        out: dict[str, float] = {}
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    body = json.loads(record.value)
+                    if body["rule"] == "bench-trigger" and body["change"] == "firing":
+                        out.setdefault(body["labels"]["server"], record.timestamp / 1000)
+        return out
+    finally:
+        consumer.close()
 
 
 def _cost(scratch: Scratch, options: AlertBenchOptions, rules: Path) -> dict[str, float]:
@@ -286,6 +322,16 @@ def run(options: AlertBenchOptions) -> Report:
     report.add("latency p50 (sample sent → webhook received), ms", f"{p50 * 1000:,.0f}", "")
     report.add("latency p99, ms", f"{p99 * 1000:,.0f}", f"< {GOAL_P99_S * 1000:,.0f}")
     report.add("latency max, ms", f"{(lat[-1] if lat else float('nan')) * 1000:,.0f}", "")
+    for key, label in (
+        ("to_topic", "sample sent → firing record sent by the speed layer"),
+        ("to_hook", "firing record sent → webhook received"),
+    ):
+        part = live[key]
+        report.add(
+            f"  {label}, p50 / p99, ms",
+            f"{percentile(part, 0.5) * 1000:,.0f} / {percentile(part, 0.99) * 1000:,.0f}",
+            "",
+        )
     report.add("speed layer catch-up, alerting off, records/s", fmt_int(cost["off"]), "")
     report.add(
         f"speed layer catch-up, {options.rules} rules, records/s", fmt_int(cost["rules"]), ""

@@ -244,6 +244,82 @@ def test_the_notifier_delivers_once_per_channel_even_when_records_are_replayed(
         smtp.stop()
 
 
+def alert_event(server: str, channels: tuple[str, ...]) -> AlertEvent:
+    now = int(time.time() * 1000)
+    return AlertEvent(
+        alert_id=f"id-{server}",
+        rule="high-cpu",
+        severity="critical",
+        change="firing",
+        state="firing",
+        labels={"tenant": "acme", "server": server},
+        value=99.0,
+        at=now,
+        started_at=now,
+        firing_at=now,
+        summary=f"hot {server}",
+        description="",
+        channels=channels,
+        suppressed_by=(),
+        idempotency_key=f"id-{server}:{now}:firing",
+    )
+
+
+def test_a_failing_receiver_does_not_hold_back_the_next_notifications(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    Receiver.received = []
+    hook = f"http://127.0.0.1:{http.server_address[1]}/alerts"
+    down = f"http://127.0.0.1:{free_port()}/alerts"  # nothing listens there
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(
+        RULES.replace(
+            "channels: {log: {type: log}}",
+            f"channels: {{hook: {{type: webhook, url: '{hook}'}}, "
+            f"down: {{type: webhook, url: '{down}', timeout_s: 1}}}}",
+        ).replace("channels: [log]", "channels: [hook, down]")
+    )
+    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
+    monkeypatch.setenv("FLEETLENS_ALERTS__RETRY_FOR_S", "6")
+    producer = make_producer(settings.kafka)
+
+    def send(event: AlertEvent) -> None:
+        producer.send(settings.kafka.topics.alerts.name, value=msgspec.json.encode(event))
+        producer.flush()
+
+    def hook_got(server: str, within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if any(body["labels"]["server"] == server for _, body in Receiver.received):
+                return True
+            time.sleep(0.05)
+        return False
+
+    notifier = Notifier(load_settings())
+    stats: list[Any] = []
+    runner = threading.Thread(target=lambda: stats.append(notifier.run(exit_when_idle_s=2)))
+    try:
+        send(alert_event("web-1", ("hook", "down")))
+        runner.start()
+        assert hook_got("web-1", within_s=5)
+        # down is being retried (for 6 s); the next record reaches hook all the same.
+        sent = time.monotonic()
+        send(alert_event("web-2", ("hook",)))
+        assert hook_got("web-2", within_s=2)
+        assert time.monotonic() - sent < 2
+        runner.join(30)
+        assert not runner.is_alive()
+    finally:
+        producer.close()
+        http.shutdown()
+    assert stats[0].delivered == {"hook": 2} and stats[0].failed == {"down": 1}
+    history = DeltaTable(Lake(settings.lake).table_uri("alerts")).to_pyarrow_table()
+    rows = {r["server_id"]: (r["delivered"], r["failed"]) for r in history.to_pylist()}
+    assert rows == {"web-1": (["hook"], ["down"]), "web-2": (["hook"], [])}
+
+
 def test_an_anomaly_rule_reads_the_batch_layers_baseline(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
