@@ -97,6 +97,10 @@ def _open_counts(scratch: Scratch) -> tuple[int, int]:
     return aggregates, points
 
 
+#: The commit's steps on the main thread (the others run on the sink thread).
+_MAIN_THREAD_STEPS = ("snapshot_alerts", "snapshot")
+
+
 def _agg1m_windows(scratch: Scratch) -> tuple[int, int]:
     """(records, server windows) on fleet.agg1m.v1, read back and decoded."""
     settings = scratch.settings
@@ -246,14 +250,14 @@ def run(options: SpeedOptions) -> Report:
         commits = [e for e in result["events"] if e.get("event") == "speed.committed"]
         interval = scratch.settings.speed.checkpoint_interval_s
         main_thread = sum(
-            sum(float(c.get("steps", {}).get(step, 0)) for step in ("aggregate", "agg1m", "encode"))
+            sum(float(c.get("steps", {}).get(step, 0)) for step in _MAIN_THREAD_STEPS)
             for c in commits
         )
         report.notes.append(
             f"speed layer: wall {result['wall']:.1f} s from spawn to exit, of which "
             f"{options.idle_s:g} s idle wait; busy_s {stats['busy_s']:.1f} s; {len(commits)} "
             f"commits (checkpoint_interval_s {interval:g}) took {main_thread:.1f} s of the main "
-            "thread (aggregate, agg1m records, state snapshot) and "
+            "thread (the state snapshot) and "
             f"{sum(float(c.get('seconds', 0)) for c in commits):.1f} s from start to checkpoint "
             "written, the sink thread's part overlapping the processing; the main thread waited "
             f"{stats.get('fetch_wait_s', 0):.1f} s for the fetcher, idle wait included; peak RSS "

@@ -5,13 +5,13 @@ on SIGTERM and before an idle exit) runs in this order, so that a crash anywhere
 nor double-counts a record in the state:
 
 1. here, on the main thread: the windows closed since the last commit are handed over, and
-   every partition's state is snapshotted with the offset of the next record it has not
-   processed (plain data copied from the state, so the stream can go on changing it);
+   every partition's state is snapshotted (encoded) with the offset of the next record it has
+   not processed;
 2. on the sink thread, while the main thread goes on: the closed windows are aggregated and
    their ``fleet.agg1m.v1`` records sent; the rows are upserted into Delta ``speed_1m`` and
    changed late counts into ``speed_late_1m``; the agg1m, DLQ and alert records are
-   acknowledged; then the snapshots are encoded and written as the partitions' checkpoints
-   (the commit point);
+   acknowledged; then the snapshots are written as the partitions' checkpoints (the commit
+   point);
 3. back here: the offsets are committed to Kafka, for lag monitoring only.
 
 Partitions are assigned statically: process ``speed.instance`` of ``speed.instances`` reads the
@@ -265,7 +265,8 @@ class _SinkJob:
     emitted_at_ms: int
     late: list[tuple[str, int, int, int]]
     acks: list[Any]
-    checkpoints: list[PartitionCheckpoint]
+    #: (partition, offset, encoded checkpoint)
+    checkpoints: list[tuple[int, int, bytes]]
     records: int
     started: float
     steps: dict[str, float]
@@ -360,11 +361,13 @@ class _Loop:
             # A catch-up closes windows faster than the interval drains them: bound the backlog.
             due = now - self.last_commit_at >= self.cfg.checkpoint_interval_s
             backlog = self.pending_events / self.cfg.max_pending_windows
-            # While a commit is being written, the next one waits for it rather than stop
-            # the stream (a minute's windows close over a few polls), unless the backlog
-            # is far over its bound: then the stream waits, which bounds a catch-up's memory.
+            # While a commit is being written, the next one waits for it rather than stop a
+            # live stream (a minute's windows close over a few polls) until the backlog is 4x
+            # its bound; in a catch-up the stream waits at once: the commits' pace bounds its
+            # memory, and no one waits for the records behind.
             busy = self.inflight is not None and not self.inflight[1].done()
-            if (due or backlog >= 1) and (not busy or backlog >= 4):
+            limit = 1 if self._behind() > self.cfg.max_pending_windows else 4
+            if (due or backlog >= 1) and (not busy or backlog >= limit):
                 self.commit()
             self.collect(wait=False)
             self.metrics.checkpoint_age.set(time.monotonic() - self.last_checkpoint_at)
@@ -416,6 +419,10 @@ class _Loop:
         self.metrics.duplicates.inc(duplicates)
         self.metrics.late.inc(late)
 
+    def _behind(self) -> int:
+        """Records between the positions and the log ends the fetches last reported."""
+        return sum(max(end - self.positions[p], 0) for p, end in self.highwater.items())
+
     def _advance_idle(self, now: float) -> None:
         """Let caught-up, idle partitions follow the slowest active one (never pass it)."""
         idle_after = self.cfg.idle_partition_s
@@ -441,15 +448,24 @@ class _Loop:
         with _gc_paused():  # the snapshot makes many small objects, all kept: no garbage
             alert_states = self.alerts.partition_states(self.states) if self.alerts else {}
             lap("snapshot_alerts")
+            # Encoded at once, a partition at a time: the plain data is a copy of the state,
+            # and holding it until the sink thread encodes it would hold the state twice.
+            store = self.layer._store
             checkpoints = [
-                PartitionCheckpoint(
-                    topic=self.layer._topic,
-                    partition=partition,
-                    offset=self.positions[partition],
-                    cluster_id=self.cluster_id,
-                    state=state.to_state(),
-                    format=FORMAT,
-                    alerts=alert_states.get(partition),
+                (
+                    partition,
+                    self.positions[partition],
+                    store.encode(
+                        PartitionCheckpoint(
+                            topic=self.layer._topic,
+                            partition=partition,
+                            offset=self.positions[partition],
+                            cluster_id=self.cluster_id,
+                            state=state.to_state(),
+                            format=FORMAT,
+                            alerts=alert_states.pop(partition, None),
+                        )
+                    ),
                 )
                 for partition, state in self.states.items()
             ]
@@ -492,10 +508,9 @@ class _Loop:
         wait_acknowledged(self.producer, acks, timeout_s=self.layer._timeout_s)
         step("acks")
         store, topic = self.layer._store, self.layer._topic
-        encoded = [(c.partition, c.offset, store.encode(c)) for c in job.checkpoints]
-        step("encode")
         job.state_bytes = sum(
-            store.write(topic, partition, offset, data) for partition, offset, data in encoded
+            store.write(topic, partition, offset, data)
+            for partition, offset, data in job.checkpoints
         )
         step("checkpoint")
         self._maybe_housekeep()
@@ -512,7 +527,7 @@ class _Loop:
         self.inflight = None
         future.result()
         done = time.perf_counter()
-        self.fetcher.commit({c.partition: c.offset for c in job.checkpoints})
+        self.fetcher.commit({p: offset for p, offset, _ in job.checkpoints})
         self.stats.windows_closed += job.windows_closed
         self.metrics.closed.inc(job.windows_closed)
         self.update_lag()
