@@ -98,7 +98,7 @@ def _open_counts(scratch: Scratch) -> tuple[int, int]:
 
 
 #: The commit's steps on the main thread (the others run on the sink thread).
-_MAIN_THREAD_STEPS = ("snapshot_alerts", "snapshot")
+_MAIN_THREAD_STEPS = ("aggregate", "snapshot_alerts", "snapshot")
 
 
 def _agg1m_windows(scratch: Scratch) -> tuple[int, int]:
@@ -257,7 +257,7 @@ def run(options: SpeedOptions) -> Report:
             f"speed layer: wall {result['wall']:.1f} s from spawn to exit, of which "
             f"{options.idle_s:g} s idle wait; busy_s {stats['busy_s']:.1f} s; {len(commits)} "
             f"commits (checkpoint_interval_s {interval:g}) took {main_thread:.1f} s of the main "
-            "thread (the state snapshot) and "
+            "thread (aggregate and agg1m records in a catch-up, state snapshot) and "
             f"{sum(float(c.get('seconds', 0)) for c in commits):.1f} s from start to checkpoint "
             "written, the sink thread's part overlapping the processing; the main thread waited "
             f"{stats.get('fetch_wait_s', 0):.1f} s for the fetcher, idle wait included; peak RSS "
