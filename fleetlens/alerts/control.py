@@ -88,12 +88,8 @@ class AlertControl:
     ) -> list[tuple[Silence, str | None]]:
         """The silences (of ``tenant``; ending after ``ending_after``, epoch ms), each with
         who expired it, if someone did; newest first."""
-        filters: list[tuple[str, str, object]] = []
-        if tenant is not None:
-            filters.append(("tenant", "=", tenant))
-        if ending_after is not None:
-            filters.append(("ends_at", ">", datetime.fromtimestamp(ending_after / 1000, UTC)))
-        rows = delta.read_table(self._lake, SILENCES_TABLE, filters=filters or None)
+        filters = _filters(tenant, "ends_at", ending_after)
+        rows = delta.read_table(self._lake, SILENCES_TABLE, filters=filters)
         out = []
         for row in sorted(rows.to_pylist(), key=lambda r: r["starts_at"], reverse=True):
             matchers = [Matcher(**m) for m in msgspec.json.decode(row["matchers"])]
@@ -125,12 +121,9 @@ class AlertControl:
     ) -> list[Acknowledgement]:
         """The acknowledgements (of ``tenant``; of episodes that fired after
         ``fired_after``, epoch ms)."""
-        filters: list[tuple[str, str, object]] = []
-        if tenant is not None:
-            filters.append(("tenant", "=", tenant))
-        if fired_after is not None:
-            filters.append(("firing_at", ">", datetime.fromtimestamp(fired_after / 1000, UTC)))
-        rows = delta.read_table(self._lake, ACKS_TABLE, filters=filters or None)
+        rows = delta.read_table(
+            self._lake, ACKS_TABLE, filters=_filters(tenant, "firing_at", fired_after)
+        )
         return [
             Acknowledgement(
                 **(row | {"firing_at": _ms(row["firing_at"]), "acked_at": _ms(row["acked_at"])})
@@ -184,6 +177,18 @@ class ControlFollower:
             for ack in acks:
                 self._acknowledge(ack)
             log.info("alerts.acks_loaded", acks=len(acks))
+
+
+def _filters(
+    tenant: str | None, column: str, after_ms: int | None
+) -> list[tuple[str, str, object]] | None:
+    """Rows of ``tenant`` (all: None) whose ``column`` is after ``after_ms`` (any: None)."""
+    filters: list[tuple[str, str, object]] = []
+    if tenant is not None:
+        filters.append(("tenant", "=", tenant))
+    if after_ms is not None:
+        filters.append((column, ">", datetime.fromtimestamp(after_ms / 1000, UTC)))
+    return filters or None
 
 
 def _us(ms: int) -> int:

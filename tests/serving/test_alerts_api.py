@@ -69,9 +69,13 @@ def engine_with_firing(now: int) -> tuple[AlertEngine, list[AlertEvent]]:
     return engine, events
 
 
-def record(settings: Settings, events: list[AlertEvent]) -> None:
-    """What the notifier does with the records of fleet.alerts.v1."""
+def recorded_firing(settings: Settings) -> tuple[AlertEngine, int]:
+    """:func:`engine_with_firing` now, its records in the alerts table (as the notifier
+    leaves them); the engine and the time."""
+    now = now_ms()
+    engine, events = engine_with_firing(now)
     AlertHistory(Lake(settings.lake)).record(events, delivered={}, failed=set())
+    return engine, now
 
 
 def alert_of(client: TestClient, server: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -100,9 +104,7 @@ def test_every_endpoint_needs_a_known_token(client: TestClient) -> None:
 def test_a_tenant_sees_and_acknowledges_only_its_own_alerts(
     client: TestClient, settings: Settings
 ) -> None:
-    now = now_ms()
-    _, events = engine_with_firing(now)
-    record(settings, events)
+    recorded_firing(settings)
     acme = client.get("/api/v1/alerts", headers=ACME).json()["alerts"]
     assert sorted(a["labels"]["server"] for a in acme) == ["web-1", "web-2"]
     assert {a["state"] for a in acme} == {"firing"} and acme[0]["acked_by"] is None
@@ -130,9 +132,7 @@ def test_a_tenant_sees_and_acknowledges_only_its_own_alerts(
 def test_an_acknowledgement_reaches_the_engine_and_stops_only_that_escalation(
     client: TestClient, settings: Settings
 ) -> None:
-    now = now_ms()
-    engine, events = engine_with_firing(now)
-    record(settings, events)
+    engine, now = recorded_firing(settings)
     web1 = alert_of(client, "web-1", ACME)["id"]
     assert client.post(f"/api/v1/alerts/{web1}/ack", json={"by": "ana"}, headers=ACME).is_success
 

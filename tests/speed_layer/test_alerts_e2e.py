@@ -87,13 +87,19 @@ def alert_records(settings: Settings) -> list[AlertEvent]:
     ]
 
 
-def test_an_incident_fires_and_resolves_once_and_a_restart_does_not_fire_again(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def cpu_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The speed layer evaluates RULES and commits every 0.5 s."""
     rules = tmp_path / "alerts.yaml"
     rules.write_text(RULES)
     monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
     monkeypatch.setenv("FLEETLENS_SPEED__CHECKPOINT_INTERVAL_S", "0.5")
+
+
+@pytest.mark.usefixtures("cpu_rules")
+def test_an_incident_fires_and_resolves_once_and_a_restart_does_not_fire_again(
+    settings: Settings,
+) -> None:
     start_s = int(time.time()) // 60 * 60 - 900
     # First run: up to the middle of the incident (firing, not yet resolved).
     produce(settings, start_s=start_s, ticks=range(0, 20))
@@ -116,13 +122,10 @@ def test_an_incident_fires_and_resolves_once_and_a_restart_does_not_fire_again(
     assert len({r.idempotency_key for r in records}) == 3
 
 
+@pytest.mark.usefixtures("cpu_rules")
 def test_a_silence_made_through_the_api_holds_back_the_firing_until_it_is_expired(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
 ) -> None:
-    rules = tmp_path / "alerts.yaml"
-    rules.write_text(RULES)
-    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
-    monkeypatch.setenv("FLEETLENS_SPEED__CHECKPOINT_INTERVAL_S", "0.5")
     auth = {"Authorization": "Bearer dev-token-acme"}
     silence = {
         "matchers": [{"name": "server", "value": "web-hot"}],
