@@ -22,6 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from deltalake import DeltaTable, write_deltalake
 from fastapi.testclient import TestClient
+from kafka.partitioner.default import murmur2
 from test_speed_e2e import read_topic_raw
 
 from fleetlens.alerts.engine import AlertEvent, hour_of_week
@@ -156,6 +157,78 @@ def test_a_silence_made_through_the_api_holds_back_the_firing_until_it_is_expire
         (),
     )
     assert released.idempotency_key == held.idempotency_key  # the same notification, now sent
+
+
+def test_a_server_going_silent_pages_once_and_resolves_when_it_is_back(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(
+        """
+channels: {log: {type: log}}
+routes: [{name: all, channels: [log]}]
+rules:
+  - {name: server-silent, type: absence, absent_for: 4s, known_for: 1h, for: 0s,
+     keep_firing_for: 0s}
+"""
+    )
+    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
+    monkeypatch.setenv("FLEETLENS_ALERTS__TICK_INTERVAL_S", "0.2")
+    # Two servers on one partition: when one goes quiet, its partition still talks, so it
+    # is the server that is silent, not the pipeline.
+    partitions = settings.kafka.topics.metrics.partitions
+    by_partition: dict[int, list[str]] = {}
+    for i in range(100):
+        name = f"web-{i}"
+        by_partition.setdefault((murmur2(name.encode()) & 0x7FFFFFFF) % partitions, []).append(name)
+    quiet, talker = next(names[:2] for names in by_partition.values() if len(names) >= 2)
+    producer = make_producer(settings.kafka)
+    stop = threading.Event()
+
+    def agents() -> None:
+        started = time.monotonic()
+        while not stop.is_set():
+            elapsed = time.monotonic() - started
+            # quiet: talks for 2 s, is silent for 8 s, then talks again.
+            senders = [talker] + ([quiet] if elapsed < 2 or elapsed > 10 else [])
+            for server in senders:
+                event = {
+                    "schema_version": 1,
+                    "event_id": str(uuid.uuid4()),
+                    "server_id": server,
+                    "ts": int(time.time() * 1000),
+                    "metrics": {"cpu_pct": 20.0},
+                    "tags": {"tenant": "acme", "env": "prod", "service": "web"},
+                }
+                producer.send(
+                    settings.kafka.topics.metrics.name,
+                    key=server.encode(),
+                    value=msgspec.json.encode(event),
+                )
+            producer.flush()
+            time.sleep(0.5)
+
+    layer_stop = threading.Event()
+    layer = SpeedLayer(load_settings())
+    runner = threading.Thread(target=lambda: layer.run(stop=layer_stop))
+    feeder = threading.Thread(target=agents)
+    runner.start()
+    feeder.start()
+    try:
+        time.sleep(14)
+    finally:
+        stop.set()
+        feeder.join()
+        producer.close()
+        layer_stop.set()
+        runner.join(30)
+    records = [r for r in alert_records(settings) if r.rule == "server-silent"]
+    assert [(r.change, r.labels["server"], r.labels.get("scope")) for r in records] == [
+        ("firing", quiet, None),
+        ("resolved", quiet, None),
+    ]
+    assert records[0].channels == ("log",) and records[0].value is not None
+    assert records[0].value >= 4  # seconds since it was last heard of
 
 
 class Receiver(BaseHTTPRequestHandler):
