@@ -87,7 +87,8 @@ def _open_counts(scratch: Scratch) -> tuple[int, int]:
         consumer.close()
     aggregates = points = 0
     for partition in partitions:
-        checkpoint = store.load(topic, partition)
+        # This run's own checkpoints: any cluster id is this broker's (the check is skipped).
+        checkpoint = store.load(topic, partition, cluster_id=None)
         if checkpoint is None:
             continue
         windows = [OpenWindow.from_state(w) for w in checkpoint.state["open"]]

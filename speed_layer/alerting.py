@@ -160,6 +160,12 @@ class StreamAlerts:
         """Resume from the partitions' checkpoints."""
         self.engine.restore(states)
 
+    def end_dropped(self, states: Iterable[Mapping[str, Any]]) -> None:
+        """End the alerts of checkpoints dropped with their log (another Kafka cluster:
+        the embedded broker restarted empty), so that they do not stay open in the
+        ``alerts`` history for ever; recorded, not notified."""
+        self._send(self.engine.end_dropped(states, now=int(time.time() * 1000)))
+
 
 def _mtime(path: Path) -> float | None:
     try:

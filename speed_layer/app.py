@@ -9,10 +9,10 @@ nor double-counts a record in the state:
    not processed;
 2. on the sink thread, while the main thread goes on: the closed windows are aggregated and
    their ``fleet.agg1m.v1`` records sent (in a catch-up, on the main thread before the
-   snapshot: one thread of Python work is faster than two sharing the GIL); the rows are upserted into Delta ``speed_1m`` and
-   changed late counts into ``speed_late_1m``; the agg1m, DLQ and alert records are
-   acknowledged; then the snapshots are written as the partitions' checkpoints (the commit
-   point);
+   snapshot: one thread of Python work is faster than two sharing the GIL); the rows are
+   upserted into Delta ``speed_1m`` and changed late counts into ``speed_late_1m``; the
+   agg1m, DLQ and alert records are acknowledged; then the snapshots are written as the
+   partitions' checkpoints (the commit point);
 3. back here: the offsets are committed to Kafka, for lag monitoring only.
 
 Partitions are assigned statically: process ``speed.instance`` of ``speed.instances`` reads the
@@ -154,14 +154,21 @@ class SpeedLayer:
 
     def _restore(
         self, partitions: list[int], beginnings: dict[int, int], cluster_id: str | None
-    ) -> tuple[dict[int, PartitionWindows], dict[int, int], dict[int, dict[str, Any]]]:
+    ) -> tuple[
+        dict[int, PartitionWindows],
+        dict[int, int],
+        dict[int, dict[str, Any]],
+        dict[int, dict[str, Any]],
+    ]:
         """Each partition's state, the offset to read from (its checkpoint's, or the
-        beginning of the log) and its alert state."""
+        beginning of the log), its alert state, and the alert state of checkpoints dropped
+        because they belong to another Kafka cluster."""
         states: dict[int, PartitionWindows] = {}
         offsets: dict[int, int] = {}
         alerts: dict[int, dict[str, Any]] = {}
+        dropped: dict[int, dict[str, Any]] = {}
         for partition in partitions:
-            checkpoint = self._store.load(self._topic, partition)
+            checkpoint = self._store.load(self._topic, partition, cluster_id=cluster_id)
             if checkpoint is not None and checkpoint.cluster_id == cluster_id:
                 states[partition] = self._windows(checkpoint.state)
                 offsets[partition] = max(checkpoint.offset, beginnings[partition])
@@ -178,9 +185,11 @@ class SpeedLayer:
                     cluster=cluster_id,
                 )
                 self._store.forget(self._topic, partition)
+                if checkpoint.alerts is not None:
+                    dropped[partition] = checkpoint.alerts
             states[partition] = self._windows()
             offsets[partition] = beginnings[partition]
-        return states, offsets, alerts
+        return states, offsets, alerts, dropped
 
     def run(
         self, *, stop: threading.Event | None = None, exit_when_idle_s: float | None = None
@@ -207,7 +216,9 @@ class SpeedLayer:
             dlq = DeadLetterWriter(producer, topic=kafka.topics.dlq.name, stage="speed")
             agg1m = Agg1mTopic(producer, kafka.topics.agg1m.name)
             tables = (SpeedTable(self._lake), LateTable(self._lake))
-            states, offsets, alert_states = self._restore(partitions, beginnings, cluster_id)
+            states, offsets, alert_states, dropped = self._restore(
+                partitions, beginnings, cluster_id
+            )
             alerts = None
             if self._settings.alerts.enabled:
                 alerts = StreamAlerts(
@@ -218,6 +229,7 @@ class SpeedLayer:
                     reload=self.reload_alerts,
                 )
                 alerts.restore(alert_states.items())
+                alerts.end_dropped(dropped.values())
             fetcher.seek(offsets)
             log.info("speed.started", topic=self._topic, partitions=partitions, offsets=offsets)
             sinks = _Sinks(producer, dlq, agg1m, alerts, *tables)

@@ -56,12 +56,18 @@ class CheckpointStore:
     def _path(self, topic: str, partition: int) -> str:
         return self._lake.path("_state", "speed", self._group, topic, f"p-{partition:05d}.ckpt")
 
-    def load(self, topic: str, partition: int) -> PartitionCheckpoint | None:
-        """The last checkpoint of a partition, if any."""
+    def load(
+        self, topic: str, partition: int, *, cluster_id: str | None
+    ) -> PartitionCheckpoint | None:
+        """The last checkpoint of a partition, if any. One of another format is refused,
+        unless it belongs to another Kafka cluster (``cluster_id``): such a checkpoint is of
+        no use whatever its format, and the caller drops it."""
         data = self._lake.read_bytes(self._path(topic, partition))
         if data is None:
             return None
         checkpoint = self._decoder.decode(data)
+        if checkpoint.cluster_id != cluster_id:
+            return checkpoint
         if checkpoint.format != FORMAT:
             raise ValueError(
                 f"{self._path(topic, partition)} holds a format-{checkpoint.format} checkpoint; "

@@ -557,6 +557,25 @@ class AlertEngine:
                 part["partition_seen"] = [[partition, self._partition_seen[partition]]]
         return out
 
+    def end_dropped(self, states: Iterable[Mapping[str, Any]], *, now: int) -> list[AlertEvent]:
+        """``resolved`` records (for no channel) of the pending and firing alerts in
+        :meth:`partition_states` that will not be restored: their episodes end at ``now``.
+        Nothing else of the states is taken (an alert whose condition still holds starts a
+        new episode)."""
+        events = []
+        for state in states:
+            labels_of = {server_id: labels for server_id, labels, _ in state["servers"]}
+            for name, key, saved, labels in state["alerts"]:
+                rule = self._by_name.get(name)
+                if rule is None or (rule.name, key) in self._alerts:
+                    continue
+                alert = Alert.from_state(saved)
+                found = labels if labels is not None else labels_of.get(key)
+                label_key = self._label_key(rule, key)
+                self._labels.setdefault(label_key, dict(found or {}))
+                events.append(self._event(rule, key, alert, "resolved", now, now))
+        return events
+
     def restore(self, states: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
         """Resume from :meth:`partition_states` of the partitions this engine now reads
         (alerts and samples of rules no longer in force are dropped)."""

@@ -444,3 +444,16 @@ def test_reload_keeps_alerts_of_rules_that_remain_and_ends_the_others() -> None:
     assert [a["rule"] for a in eng.alerts()] == ["high-cpu"]
     assert feed(eng, [95], start=T0 + 10 * S) == []  # still firing: no new page
     assert eng.alerts()[0]["id"] == alert_id("high-cpu", "s1")
+
+
+def test_alerts_of_a_dropped_checkpoint_end_recorded_not_notified() -> None:
+    eng = engine(cpu_rule(window="10s"))
+    assert changes(feed(eng, [95, 95])) == [("firing", 0, ("hook", "mail"))]
+    states = msgspec.msgpack.decode(msgspec.msgpack.encode(eng.partition_states([0])))
+    fresh = engine(cpu_rule(window="10s"))  # its log is another cluster's: nothing restored
+    (ended,) = fresh.end_dropped(states.values(), now=T0 + MIN)
+    assert (ended.change, ended.state, ended.channels) == ("resolved", "resolved", ())
+    assert ended.labels["server"] == "s1" and ended.labels["tenant"] == "acme"
+    assert ended.firing_at == T0 and fresh.alerts() == []
+    # The condition still holds: a new episode, paged again.
+    assert changes(feed(fresh, [95], start=T0 + 2 * MIN)) == [("firing", 120, ("hook", "mail"))]
