@@ -163,7 +163,7 @@ class StreamAlerts:
     def end_dropped(self, states: Iterable[Mapping[str, Any]]) -> None:
         """End the alerts of checkpoints dropped with their log (another Kafka cluster:
         the embedded broker restarted empty), so that they do not stay open in the
-        ``alerts`` history for ever; recorded, not notified."""
+        ``alerts`` history for ever: ``reset`` records, not notified."""
         self._send(self.engine.end_dropped(states, now=int(time.time() * 1000)))
 
 

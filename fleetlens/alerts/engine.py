@@ -456,7 +456,9 @@ class AlertEngine:
             suppressed = suppressing(
                 labels, now, silences=self._silences, maintenance=self.rules.maintenance
             )
-        state = {"resolved": "resolved", "cancelled": "inactive"}.get(change, alert.state)
+        state = {"resolved": "resolved", "cancelled": "inactive", "reset": "inactive"}.get(
+            change, alert.state
+        )
         context: dict[str, Any] = {"labels": labels, "value": alert.value, "state": state}
         episode = alert.firing_at if alert.firing_at is not None else alert.started_at
         # Numbered, not timed: a replay after a restart produces the same keys.
@@ -558,7 +560,7 @@ class AlertEngine:
         return out
 
     def end_dropped(self, states: Iterable[Mapping[str, Any]], *, now: int) -> list[AlertEvent]:
-        """``resolved`` records (for no channel) of the pending and firing alerts in
+        """``reset`` records (for no channel) of the pending and firing alerts in
         :meth:`partition_states` that will not be restored: their episodes end at ``now``.
         Nothing else of the states is taken (an alert whose condition still holds starts a
         new episode)."""
@@ -573,7 +575,7 @@ class AlertEngine:
                 found = labels if labels is not None else labels_of.get(key)
                 label_key = self._label_key(rule, key)
                 self._labels.setdefault(label_key, dict(found or {}))
-                events.append(self._event(rule, key, alert, "resolved", now, now))
+                events.append(self._event(rule, key, alert, "reset", now, now))
         return events
 
     def restore(self, states: Iterable[tuple[int, Mapping[str, Any]]]) -> None:

@@ -72,15 +72,16 @@ class AlertHistory:
 
 
 #: The changes that end an episode.
-_ENDS = frozenset({"resolved", "cancelled"})
+_ENDS = frozenset({"resolved", "cancelled", "reset"})
 
 
 def active_alerts(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The alerts whose latest episode has not ended, from rows of the ``alerts`` table.
 
     An episode is an alert's rows with one ``started_at``; it has ended once one of them is
-    ``resolved`` or ``cancelled``. Rows are not ordered by ``at`` alone: a repeat is stamped
-    with the wall clock, a resolution with the event time of the sample that ended it.
+    ``resolved``, ``cancelled`` or ``reset``. Rows are not ordered by ``at`` alone: a repeat
+    is stamped with the wall clock, a resolution with the event time of the sample that ended
+    it.
     """
     episodes: dict[tuple[str, datetime | None], list[Mapping[str, Any]]] = {}
     for row in rows:

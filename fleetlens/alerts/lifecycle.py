@@ -14,8 +14,9 @@ from typing import Any, Literal
 __all__ = ["Alert", "Change", "State"]
 
 State = Literal["inactive", "pending", "firing"]
-#: What a call changed: a state transition, or a notification due while firing.
-Change = Literal["pending", "firing", "resolved", "cancelled", "repeat", "escalate"]
+#: What a call changed: a state transition, or a notification due while firing; ``reset``:
+#: the episode ended because its state was dropped (see ``AlertEngine.end_dropped``).
+Change = Literal["pending", "firing", "resolved", "cancelled", "repeat", "escalate", "reset"]
 
 
 class Alert:

@@ -452,7 +452,7 @@ def test_alerts_of_a_dropped_checkpoint_end_recorded_not_notified() -> None:
     states = msgspec.msgpack.decode(msgspec.msgpack.encode(eng.partition_states([0])))
     fresh = engine(cpu_rule(window="10s"))  # its log is another cluster's: nothing restored
     (ended,) = fresh.end_dropped(states.values(), now=T0 + MIN)
-    assert (ended.change, ended.state, ended.channels) == ("resolved", "resolved", ())
+    assert (ended.change, ended.state, ended.channels) == ("reset", "inactive", ())
     assert ended.labels["server"] == "s1" and ended.labels["tenant"] == "acme"
     assert ended.firing_at == T0 and fresh.alerts() == []
     # The condition still holds: a new episode, paged again.

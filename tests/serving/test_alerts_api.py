@@ -74,8 +74,13 @@ def recorded_firing(settings: Settings) -> tuple[AlertEngine, int]:
     leaves them); the engine and the time."""
     now = now_ms()
     engine, events = engine_with_firing(now)
-    AlertHistory(Lake(settings.lake)).record(events, delivered={}, failed=set())
+    record_events(settings, events)
     return engine, now
+
+
+def record_events(settings: Settings, events: list[AlertEvent]) -> None:
+    """What the notifier does with records of fleet.alerts.v1."""
+    AlertHistory(Lake(settings.lake)).record(events, delivered={}, failed=set())
 
 
 def alert_of(client: TestClient, server: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -242,3 +247,14 @@ def test_a_silence_cannot_reach_another_tenant_or_end_in_the_past(client: TestCl
     past = body | {"matchers": [{"name": "server", "value": "a"}], "ends_at": "2020-01-01T00:00Z"}
     response = client.post("/api/v1/silences", json=past, headers=ACME)
     assert response.status_code == 400 and response.json()["detail"]["field"] == "ends_at"
+
+
+def test_an_episode_ended_by_a_reset_is_no_longer_active(
+    client: TestClient, settings: Settings
+) -> None:
+    engine, now = recorded_firing(settings)
+    states = engine.partition_states([0]).values()
+    reset = AlertEngine(parse_rules(RULES)).end_dropped(states, now=now + S)
+    assert {e.change for e in reset} == {"reset"} and len(reset) == 3
+    record_events(settings, reset)
+    assert client.get("/api/v1/alerts", headers=ACME).json()["alerts"] == []
