@@ -64,21 +64,27 @@ def produce(settings: Settings, *, start_s: int, ticks: range) -> None:
         ts_ms = (start_s + tick * 10) * 1000
         for server in SERVERS:
             hot = server == "web-hot" and 120 <= tick * 10 < 240
-            event = {
-                "schema_version": 1,
-                "event_id": str(uuid.uuid4()),
-                "server_id": server,
-                "ts": ts_ms,
-                "metrics": {"cpu_pct": 99.0 if hot else 20.0, "mem_pct": 40.0},
-                "tags": {"tenant": "acme", "env": "prod", "service": "web"},
-            }
-            producer.send(
-                settings.kafka.topics.metrics.name,
-                key=server.encode(),
-                value=msgspec.json.encode(event),
-            )
+            metrics = {"cpu_pct": 99.0 if hot else 20.0, "mem_pct": 40.0}
+            send_sample(settings, producer, server, ts_ms, metrics)
     producer.flush()
     producer.close()
+
+
+def send_sample(
+    settings: Settings, producer: Any, server: str, ts_ms: int, metrics: dict[str, float]
+) -> None:
+    """One event of an acme prod web server."""
+    event = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "server_id": server,
+        "ts": ts_ms,
+        "metrics": metrics,
+        "tags": {"tenant": "acme", "env": "prod", "service": "web"},
+    }
+    producer.send(
+        settings.kafka.topics.metrics.name, key=server.encode(), value=msgspec.json.encode(event)
+    )
 
 
 def alert_records(settings: Settings) -> list[AlertEvent]:
@@ -159,20 +165,25 @@ def test_a_silence_made_through_the_api_holds_back_the_firing_until_it_is_expire
     assert released.idempotency_key == held.idempotency_key  # the same notification, now sent
 
 
+def use_rules(path: Path, monkeypatch: pytest.MonkeyPatch, *rules: str) -> None:
+    """The speed layer evaluates ``rules`` (YAML flow mappings), routed to the log."""
+    path.write_text(
+        "channels: {log: {type: log}}\n"
+        "routes: [{name: all, channels: [log]}]\n"
+        "rules:\n" + "".join(f"  - {rule}\n" for rule in rules)
+    )
+    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(path))
+
+
 def test_a_server_going_silent_pages_once_and_resolves_when_it_is_back(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rules = tmp_path / "alerts.yaml"
-    rules.write_text(
-        """
-channels: {log: {type: log}}
-routes: [{name: all, channels: [log]}]
-rules:
-  - {name: server-silent, type: absence, absent_for: 4s, known_for: 1h, for: 0s,
-     keep_firing_for: 0s}
-"""
+    use_rules(
+        tmp_path / "alerts.yaml",
+        monkeypatch,
+        "{name: server-silent, type: absence, absent_for: 4s, known_for: 1h, for: 0s, "
+        "keep_firing_for: 0s}",
     )
-    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
     monkeypatch.setenv("FLEETLENS_ALERTS__TICK_INTERVAL_S", "0.2")
     # Two servers on one partition: when one goes quiet, its partition still talks, so it
     # is the server that is silent, not the pipeline.
@@ -192,19 +203,7 @@ rules:
             # quiet: talks for 2 s, is silent for 8 s, then talks again.
             senders = [talker] + ([quiet] if elapsed < 2 or elapsed > 10 else [])
             for server in senders:
-                event = {
-                    "schema_version": 1,
-                    "event_id": str(uuid.uuid4()),
-                    "server_id": server,
-                    "ts": int(time.time() * 1000),
-                    "metrics": {"cpu_pct": 20.0},
-                    "tags": {"tenant": "acme", "env": "prod", "service": "web"},
-                }
-                producer.send(
-                    settings.kafka.topics.metrics.name,
-                    key=server.encode(),
-                    value=msgspec.json.encode(event),
-                )
+                send_sample(settings, producer, server, int(time.time() * 1000), {"cpu_pct": 20.0})
             producer.flush()
             time.sleep(0.5)
 
@@ -399,16 +398,11 @@ def test_a_failing_receiver_does_not_hold_back_the_next_notifications(
 def test_an_anomaly_rule_reads_the_batch_layers_baseline(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rules = tmp_path / "alerts.yaml"
-    rules.write_text(
-        """
-channels: {log: {type: log}}
-routes: [{name: all, channels: [log]}]
-rules:
-  - {name: cpu-anomaly, type: anomaly, metric: cpu_pct, window: 30s, k: 3, for: 0s}
-"""
+    use_rules(
+        tmp_path / "alerts.yaml",
+        monkeypatch,
+        "{name: cpu-anomaly, type: anomaly, metric: cpu_pct, window: 30s, k: 3, for: 0s}",
     )
-    monkeypatch.setenv("FLEETLENS_ALERTS__RULES_PATH", str(rules))
     start_s = int(time.time()) // 3600 * 3600 - 3600  # a whole hour of the week, an hour ago
     how = hour_of_week(start_s * 1000)
     baselines = pa.table(
