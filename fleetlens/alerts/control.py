@@ -18,7 +18,14 @@ import pyarrow as pa
 from fleetlens.alerts.silences import Matcher, Silence
 from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
-from fleetlens.lake.schemas import ACKS_KEY, ACKS_SCHEMA, SILENCES_KEY, SILENCES_SCHEMA
+from fleetlens.lake.schemas import (
+    ACKS_KEY,
+    ACKS_SCHEMA,
+    SILENCES_KEY,
+    SILENCES_SCHEMA,
+    epoch_ms,
+    micros,
+)
 from fleetlens.logging import get_logger
 
 __all__ = ["ACKS_TABLE", "SILENCES_TABLE", "Acknowledgement", "AlertControl", "ControlFollower"]
@@ -73,11 +80,11 @@ class AlertControl:
             "id": silence.id,
             "tenant": silence.tenant,
             "matchers": msgspec.json.encode([m.model_dump() for m in silence.matchers]).decode(),
-            "starts_at": _us(silence.starts_at),
-            "ends_at": _us(silence.ends_at),
+            "starts_at": micros(silence.starts_at),
+            "ends_at": micros(silence.ends_at),
             "comment": silence.comment,
             "created_by": silence.created_by,
-            "updated_at": _us(at),
+            "updated_at": micros(at),
             "expired_by": expired_by,
         }
         rows = pa.Table.from_pylist([row], schema=SILENCES_SCHEMA)
@@ -97,8 +104,8 @@ class AlertControl:
                 id=row["id"],
                 tenant=row["tenant"],
                 matchers=tuple(matchers),
-                starts_at=_ms(row["starts_at"]),
-                ends_at=_ms(row["ends_at"]),
+                starts_at=epoch_ms(row["starts_at"]),
+                ends_at=epoch_ms(row["ends_at"]),
                 comment=row["comment"],
                 created_by=row["created_by"],
             )
@@ -110,8 +117,8 @@ class AlertControl:
     def acknowledge(self, ack: Acknowledgement) -> None:
         """Record ``ack`` (a second one of the same episode replaces the first)."""
         row = msgspec.structs.asdict(ack) | {
-            "firing_at": _us(ack.firing_at),
-            "acked_at": _us(ack.acked_at),
+            "firing_at": micros(ack.firing_at),
+            "acked_at": micros(ack.acked_at),
         }
         rows = pa.Table.from_pylist([row], schema=ACKS_SCHEMA)
         delta.upsert(self._lake, ACKS_TABLE, rows, key=ACKS_KEY)
@@ -124,10 +131,9 @@ class AlertControl:
         rows = delta.read_table(
             self._lake, ACKS_TABLE, filters=_filters(tenant, "firing_at", fired_after)
         )
+        times = ("firing_at", "acked_at")
         return [
-            Acknowledgement(
-                **(row | {"firing_at": _ms(row["firing_at"]), "acked_at": _ms(row["acked_at"])})
-            )
+            Acknowledgement(**(row | {t: epoch_ms(row[t]) for t in times}))
             for row in rows.to_pylist()
         ]
 
@@ -189,11 +195,3 @@ def _filters(
     if after_ms is not None:
         filters.append((column, ">", datetime.fromtimestamp(after_ms / 1000, UTC)))
     return filters or None
-
-
-def _us(ms: int) -> int:
-    return ms * 1000
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from fleetlens.alerts.engine import AlertEvent
 from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
-from fleetlens.lake.schemas import ALERTS_KEY, ALERTS_SCHEMA, TAG_COLUMNS
+from fleetlens.lake.schemas import ALERTS_KEY, ALERTS_SCHEMA, TAG_COLUMNS, micros
 
 __all__ = ["ALERTS_TABLE", "AlertHistory", "active_alerts"]
 
@@ -118,14 +118,10 @@ def _after(a: datetime | None, b: datetime | None) -> bool:
     return b is None or (a is not None and a > b)
 
 
-def _us(ms: int | None) -> int | None:
-    return None if ms is None else ms * 1000
-
-
 def _row(event: AlertEvent, delivered: Mapping[str, object], failed: Set[str]) -> dict[str, object]:
     key = event.idempotency_key
     return {
-        "at": _us(event.at),
+        "at": micros(event.at),
         "alert_id": event.alert_id,
         "rule": event.rule,
         "severity": event.severity,
@@ -135,8 +131,8 @@ def _row(event: AlertEvent, delivered: Mapping[str, object], failed: Set[str]) -
         **{tag: event.labels.get(tag) for tag in TAG_COLUMNS},
         "labels": msgspec.json.encode(event.labels).decode(),
         "value": event.value,
-        "started_at": _us(event.started_at),
-        "firing_at": _us(event.firing_at),
+        "started_at": micros(event.started_at),
+        "firing_at": micros(event.firing_at),
         "summary": event.summary,
         "channels": list(event.channels),
         "delivered": [c for c in event.channels if f"{key}|{c}" in delivered],

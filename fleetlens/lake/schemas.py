@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pyarrow as pa
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "TAG_COLUMNS",
     "WATERMARK_SCHEMA",
     "WINDOW_KEY",
+    "epoch_ms",
+    "micros",
 ]
 
 #: Tag columns carried by every aggregate row, in this order.
@@ -204,3 +208,13 @@ ROLLUP_HOURLY_SCHEMA = ROLLUP_SCHEMA.append(pa.field("date", pa.string(), nullab
 
 #: ``rollup_1d``: the rollup columns, partitioned by ``date``.
 ROLLUP_1D_SCHEMA = ROLLUP_SCHEMA.append(pa.field("date", pa.string(), nullable=False))
+
+
+def micros(ms: int | None) -> int | None:
+    """A value of the tables' ``timestamp("us", tz="UTC")`` columns from epoch ms."""
+    return None if ms is None else ms * 1000
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Epoch ms of a time (as read from those columns, or from an API request)."""
+    return int(moment.timestamp() * 1000)

@@ -23,6 +23,7 @@ from fleetlens.alerts.control import Acknowledgement, AlertControl
 from fleetlens.alerts.history import AlertHistory
 from fleetlens.alerts.silences import Matcher, Silence
 from fleetlens.lake.paths import Lake
+from fleetlens.lake.schemas import epoch_ms
 from fleetlens.serving.auth import TenantTokens
 
 __all__ = ["AckRequest", "SilenceRequest", "alerts_router"]
@@ -68,7 +69,7 @@ def alerts_router(lake: Lake, tokens: TenantTokens) -> APIRouter:
         out = []
         for alert in history.active(tenant=tenant):
             firing_at = alert["firing_at"]
-            ack = None if firing_at is None else acks.get((alert["id"], _ms(firing_at)))
+            ack = None if firing_at is None else acks.get((alert["id"], epoch_ms(firing_at)))
             alert["acked_by"] = None if ack is None else ack.acked_by
             alert["acked_at"] = None if ack is None else _iso(ack.acked_at)
             for name in ("started_at", "firing_at"):
@@ -106,7 +107,7 @@ def alerts_router(lake: Lake, tokens: TenantTokens) -> APIRouter:
             raise HTTPException(404, f"no pending or firing alert {alert_id!r}")
         if alert["state"] != "firing" or alert["firing_at"] is None:
             raise HTTPException(409, "only a firing alert can be acknowledged; it is pending")
-        firing_at = _ms(datetime.fromisoformat(alert["firing_at"]))
+        firing_at = epoch_ms(datetime.fromisoformat(alert["firing_at"]))
         if alert["acked_by"] is not None:
             return JSONResponse(_ack_out(alert_id, firing_at, alert), status_code=200)
         ack = Acknowledgement(
@@ -143,8 +144,8 @@ def alerts_router(lake: Lake, tokens: TenantTokens) -> APIRouter:
                     },
                 )
         now = _now_ms()
-        starts_at = now if body.starts_at is None else _ms(body.starts_at)
-        ends_at = _ms(body.ends_at)
+        starts_at = now if body.starts_at is None else epoch_ms(body.starts_at)
+        ends_at = epoch_ms(body.ends_at)
         if ends_at <= now:
             raise HTTPException(400, {"field": "ends_at", "reason": "must be in the future"})
         silence = Silence(
@@ -216,10 +217,6 @@ def _silence_out(silence: Silence, expired_by: str | None, now: int) -> dict[str
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 def _iso(ms: int) -> str:
