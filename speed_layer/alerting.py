@@ -74,8 +74,6 @@ class StreamAlerts:
             acknowledge=self._acknowledge,
             check_every_s=settings.control_check_s,
         )
-        # In force before the first sample is evaluated, not from the first tick on.
-        self._control.refresh(int(time.time() * 1000))
         self._encoder = msgspec.json.Encoder()
         self._pending: list[Any] = []
         self._next_tick = 0
@@ -157,8 +155,11 @@ class StreamAlerts:
         return self.engine.partition_states(partitions)
 
     def restore(self, states: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
-        """Resume from the partitions' checkpoints."""
+        """Resume from the partitions' checkpoints, then read the API's silences and
+        acknowledgements: in force before the first sample is evaluated, and applied to the
+        restored alerts (one acknowledged while the layer was down included)."""
         self.engine.restore(states)
+        self._control.refresh(int(time.time() * 1000))
 
     def end_dropped(self, states: Iterable[Mapping[str, Any]]) -> None:
         """End the alerts of checkpoints dropped with their log (another Kafka cluster:

@@ -275,7 +275,7 @@ class _SinkJob:
     """What one commit hands to the sink thread."""
 
     #: The windows closed since the last commit, and when they were handed over (epoch ms),
-    #: or their rows, if they were aggregated already.
+    #: or their rows, if they were aggregated (and their agg1m records sent) already.
     closed: list[OpenWindow]
     emitted_at_ms: int
     rows: pa.Table | None
@@ -453,19 +453,20 @@ class _Loop:
                 self.states[partition].advance_to(floor)
 
     def commit(self, *, wait: bool = False) -> None:
-        """Start a commit: aggregate the closed windows, queue their agg1m records and
-        snapshot the checkpoints here; the Delta upserts, the acknowledgements and the
-        checkpoint files follow in the sink thread, in that order (see the module docstring),
+        """Start a commit: hand over the closed windows (in a catch-up, aggregate them and
+        queue their agg1m records) and snapshot the checkpoints here; the rest follows in
+        the sink thread, in order (see the module docstring),
         while this thread goes on with the next records. One commit runs at a time."""
         started = time.perf_counter()
         steps: dict[str, float] = {}
         lap = _Laps(steps)
         closed, self.pending, self.pending_events = self.pending, [], 0
         emitted_at_ms, rows = int(time.time() * 1000), None
+        sent: list[Any] = []
         if closed and self._behind() > self.cfg.max_pending_windows:
             # A catch-up: throughput counts, and two threads of Python work share one GIL
             # slower than one does them; live, the stream's latency counts (the sink thread).
-            rows, closed = self._aggregate(closed, emitted_at_ms), []
+            (rows, sent), closed = self._aggregate(closed, emitted_at_ms), []
             lap("aggregate")
         with _gc_paused():  # the snapshot makes many small objects, all kept: no garbage
             alert_states = self.alerts.partition_states(self.states) if self.alerts else {}
@@ -497,7 +498,7 @@ class _Loop:
             emitted_at_ms=emitted_at_ms,
             rows=rows,
             late=self._late_changes(),
-            acks=self.agg1m.take_pending()
+            acks=sent
             + self.dlq.take_pending()
             + (self.alerts.take_pending() if self.alerts else []),
             checkpoints=checkpoints,
@@ -513,19 +514,20 @@ class _Loop:
         if wait:
             self.collect(wait=True)
 
-    def _aggregate(self, closed: list[OpenWindow], emitted_at_ms: int) -> pa.Table:
-        """The rows of ``closed``, their agg1m records sent (acknowledged by the commit)."""
+    def _aggregate(
+        self, closed: list[OpenWindow], emitted_at_ms: int
+    ) -> tuple[pa.Table, list[Any]]:
+        """The rows of ``closed`` and the futures of their agg1m records, sent."""
         rows = aggregate_windows(closed, sketch_k=self.cfg.sketch_k, emitted_at_ms=emitted_at_ms)
-        self.agg1m.send(rows)
-        return rows
+        return rows, self.agg1m.send(rows)
 
     def _write(self, job: _SinkJob) -> None:
         """The sink thread's part of a commit."""
         step = _Laps(job.steps)
         acks, rows = list(job.acks), job.rows
         if rows is None and job.closed:
-            rows = self._aggregate(job.closed, job.emitted_at_ms)
-            acks += self.agg1m.take_pending()
+            rows, sent = self._aggregate(job.closed, job.emitted_at_ms)
+            acks += sent
             step("aggregate")
         if rows is not None:
             job.windows_closed = rows.num_rows

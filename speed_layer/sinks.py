@@ -190,7 +190,6 @@ class Agg1mTopic:
         self._producer = producer
         self._topic = topic
         self._servers_per_record = servers_per_record
-        self._pending: list[Any] = []
         #: server_id -> partition, computed once per server.
         self._partition_of: dict[str, int] = {}
         self._partitions: list[int] = []
@@ -203,11 +202,13 @@ class Agg1mTopic:
             found = self._partition_of[server_id] = partitions[hashed % len(partitions)]
         return found
 
-    def send(self, rows: pa.Table) -> int:
-        """Queue the windows of ``rows`` (``speed_1m`` rows); :meth:`flush` makes them
-        durable. Returns the number of records queued."""
+    def send(self, rows: pa.Table) -> list[Any]:
+        """Queue the windows of ``rows`` (``speed_1m`` rows); returns the futures of the
+        records queued (for :func:`~fleetlens.kafka.clients.wait_acknowledged`). Whoever
+        sends waits for its own: a commit on the sink thread and one on the main thread
+        never take each other's."""
         if not rows.num_rows:
-            return 0
+            return []
         partitions = sorted(self._producer.partitions_for(self._topic))
         if partitions != self._partitions:
             self._partitions, self._partition_of = partitions, {}
@@ -234,7 +235,7 @@ class Agg1mTopic:
                 json=pl.struct(*_WINDOW_FIELDS, "metrics").struct.json_encode(),
             )
         )
-        sent = 0
+        sent: list[Any] = []
         size = self._servers_per_record
         for (partition, start), group in per_server.group_by(
             "partition", "window_start", maintain_order=True
@@ -247,13 +248,5 @@ class Agg1mTopic:
                     f'{{"window_start":{start},"emitted_at":{emitted},"final":true,'
                     f'"windows":[{body}]}}'
                 ).encode()
-                future = self._producer.send(self._topic, value=value, partition=partition)
-                self._pending.append(future)
-                sent += 1
+                sent.append(self._producer.send(self._topic, value=value, partition=partition))
         return sent
-
-    def take_pending(self) -> list[Any]:
-        """The futures of the records queued since the last call (for
-        :func:`~fleetlens.kafka.clients.wait_acknowledged`, perhaps in another thread)."""
-        pending, self._pending = self._pending, []
-        return pending

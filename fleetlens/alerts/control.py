@@ -145,7 +145,7 @@ class ControlFollower:
     Args:
         control: The tables.
         set_silences: Receives the silences that have not ended.
-        acknowledge: Receives each acknowledgement (applying one twice is harmless).
+        acknowledge: Receives each acknowledgement, once.
         check_every_s: How often the versions are checked.
         ack_horizon_s: Acknowledgements of episodes that fired longer ago are not read again.
     """
@@ -165,6 +165,8 @@ class ControlFollower:
         self._check_every_ms = int(check_every_s * 1000)
         self._ack_horizon_ms = int(ack_horizon_s * 1000)
         self._versions: tuple[int, int] | None = None
+        #: The acknowledged episodes already handed over.
+        self._applied: set[tuple[str, int]] = set()
         self._checked_at = -(2**62)
 
     def refresh(self, now_ms: int) -> None:
@@ -180,9 +182,11 @@ class ControlFollower:
             log.info("alerts.silences_loaded", silences=len(silences))
         if previous is None or versions[1] != previous[1]:
             acks = self._control.acks(fired_after=now_ms - self._ack_horizon_ms)
-            for ack in acks:
+            new = [a for a in acks if (a.alert_id, a.firing_at) not in self._applied]
+            for ack in new:  # each looks the alert up among all: only the new ones
                 self._acknowledge(ack)
-            log.info("alerts.acks_loaded", acks=len(acks))
+                self._applied.add((ack.alert_id, ack.firing_at))
+            log.info("alerts.acks_loaded", acks=len(acks), new=len(new))
 
 
 def _filters(

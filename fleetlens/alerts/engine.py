@@ -10,6 +10,7 @@ absences, repeats and escalations.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from array import array
@@ -97,6 +98,7 @@ def hour_of_week(ts_ms: int) -> int:
     return moment.weekday() * 24 + moment.hour
 
 
+@functools.lru_cache(maxsize=65_536)
 def alert_id(rule: str, key: str) -> str:
     """The stable id of a rule's alert for a server (or the pipeline)."""
     return hashlib.blake2b(f"{rule}\x00{key}".encode(), digest_size=8).hexdigest()

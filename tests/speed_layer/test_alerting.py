@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from test_speed_e2e import read_topic_raw
 
+from fleetlens.alerts.control import Acknowledgement, AlertControl
 from fleetlens.alerts.engine import AlertEvent
 from fleetlens.config import AlertSettings, Settings
 from fleetlens.contract import Event
@@ -75,3 +76,37 @@ def test_rules_reload_on_change_and_on_request_keeping_state(
         decoder.decode(v) for _, v in read_topic_raw(settings, settings.kafka.topics.alerts.name)
     ]
     assert [(r.rule, r.change) for r in records] == [("high-cpu", "firing")]
+
+
+def test_an_acknowledgement_made_while_the_layer_was_down_reaches_the_restored_alert(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "alerts.yaml"
+    path.write_text(RULES)
+    producer = make_producer(settings.kafka)
+    lake = Lake(settings.lake)
+    topic = settings.kafka.topics.alerts.name
+
+    def layer() -> StreamAlerts:
+        return StreamAlerts(AlertSettings(rules_path=path), producer, topic, lake=lake)
+
+    now = int(time.time() * 1000)
+    first = layer()
+    first.observe(sample(now, 95.0), partition=0, now_ms=now)
+    (alert,) = first.engine.alerts()
+    states = msgspec.msgpack.decode(msgspec.msgpack.encode(first.partition_states([0])))
+    # The layer is down; someone acknowledges the alert through the API meanwhile.
+    AlertControl(lake).acknowledge(
+        Acknowledgement(
+            alert_id=alert["id"],
+            firing_at=alert["firing_at"],
+            tenant="acme",
+            acked_by="ana",
+            acked_at=now + 1_000,
+        )
+    )
+    second = layer()
+    second.restore((int(p), state) for p, state in states.items())
+    (restored,) = second.engine.alerts()
+    assert (restored["id"], restored["acked_by"]) == (alert["id"], "ana")
+    producer.close()
