@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from pyspark.sql import Observation, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
@@ -39,6 +39,8 @@ from spark_jobs.transforms.points import (
     POINT_COLUMNS,
     first_copies,
     landing_to_points,
+    repeated_keys,
+    split_by_keys,
     split_valid_points,
 )
 from spark_jobs.transforms.rollups import rollup_points, rollup_rollups, with_partitions
@@ -138,10 +140,8 @@ def compact(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
         return result
     # Every file of a touched hour is read again: dedup spans the whole hour.
     inputs = [f for f in files if f.partition in set(hours)]
-    landing = ctx.spark.read.parquet(*(ctx.lake.uri_of(f.path) for f in inputs)).withColumn(
-        "source_file", F.input_file_name()
-    )
-    points = landing_to_points(first_copies(landing))
+    landing = _read_landing(ctx, [ctx.lake.uri_of(f.path) for f in inputs])
+    points = landing_to_points(_deduplicated(ctx, landing), ordered=True)
     checked = Observation("compact")
     valid, rejected = split_valid_points(
         points, metrics=ctx.settings.contract.metrics, observation=checked
@@ -167,7 +167,7 @@ def compact(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
         RAW_POINTS,
         partition_by=HOUR_PARTITIONS,
         partitions=values,
-        sort_by=("server_id", "metric", "ts"),
+        # Already in file order (date, hour, server_id, ts): see landing_to_points.
     )
     # The landing zone holds what the archiver validated: rejects are rare, and reading the
     # hours again for them is only worth it when the raw write counted some.
@@ -184,6 +184,23 @@ def compact(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     control.mark_partitions(ctx.lake, RAW_POINTS, hours, run_id=ctx.run_id)
     control.mark_files(ctx.lake, inputs, run_id=ctx.run_id)
     return result
+
+
+def _read_landing(ctx: JobContext, uris: Sequence[str]) -> DataFrame:
+    return ctx.spark.read.parquet(*uris).withColumn("source_file", F.input_file_name())
+
+
+def _deduplicated(ctx: JobContext, landing: DataFrame) -> DataFrame:
+    """The landing rows with each event once (:func:`first_copies`), shuffling only the
+    rows of repeated events and reading again only the files that hold them."""
+    keys = repeated_keys(landing).localCheckpoint()  # eager: tiny, and read three times
+    if keys.isEmpty():
+        return landing
+    singles, _ = split_by_keys(landing, keys)
+    _, holders = split_by_keys(landing.select("event_id", "source_file"), keys)
+    files = sorted(row.source_file for row in holders.select("source_file").distinct().collect())
+    _, repeated = split_by_keys(_read_landing(ctx, files), keys)
+    return singles.unionByName(first_copies(repeated))
 
 
 # -- rollups ------------------------------------------------------------------------------

@@ -39,6 +39,13 @@ def _quantile_columns() -> list[Column]:
     return [values[i].alias(f"p{round(q * 100)}") for i, q in enumerate(QUANTILES)]
 
 
+def _exact_sum(column: str) -> Column:
+    """The sum in ascending order of the values: floating-point addition is not
+    associative, and Spark adds in whatever order the tasks' rows arrive, so a recomputed
+    window would otherwise differ in its last bits."""
+    return F.aggregate(F.array_sort(F.collect_list(column)), F.lit(0.0), lambda a, v: a + v)
+
+
 def _tags() -> list[Column]:
     # A server's tags are constant in practice; max() makes the choice deterministic.
     return [F.max(tag).alias(tag) for tag in TAG_COLUMNS]
@@ -47,10 +54,12 @@ def _tags() -> list[Column]:
 def rollup_points(points: DataFrame, *, grain: Grain, sketch_k: int) -> DataFrame:
     """Aggregate points (``ts, server_id, metric, value`` and tags) into windows."""
     window_start = F.date_trunc(grain, "ts").alias("window_start")
-    aggregated = points.groupBy(window_start, "server_id", "metric").agg(
+    # Series first: the rows come sorted by series (see _SERIES_ORDER in spark_jobs.jobs),
+    # which the sort-based aggregation of the sketches then finds nearly in order.
+    aggregated = points.groupBy("server_id", "metric", window_start).agg(
         *_tags(),
         F.count("value").alias("count"),
-        F.sum("value").alias("sum"),
+        _exact_sum("value").alias("sum"),
         F.min("value").alias("min"),
         F.max("value").alias("max"),
         # The value of the latest sample; equal times are broken by the largest value.
@@ -64,10 +73,10 @@ def rollup_points(points: DataFrame, *, grain: Grain, sketch_k: int) -> DataFram
 def rollup_rollups(rollups: DataFrame, *, grain: Grain) -> DataFrame:
     """Aggregate finer windows (e.g. 1-hour) into coarser ones (e.g. 1-day)."""
     window_start = F.date_trunc(grain, "window_start").alias("window_start")
-    aggregated = rollups.groupBy(window_start, "server_id", "metric").agg(
+    aggregated = rollups.groupBy("server_id", "metric", window_start).agg(
         *_tags(),
         F.sum("count").alias("count"),
-        F.sum("sum").alias("sum"),
+        _exact_sum("sum").alias("sum"),
         F.min("min").alias("min"),
         F.max("max").alias("max"),
         F.max_by("last", F.struct("last_ts", "last")).alias("last"),

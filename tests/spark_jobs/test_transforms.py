@@ -18,6 +18,8 @@ from spark_jobs.transforms.points import (
     POINT_COLUMNS,
     first_copies,
     landing_to_points,
+    repeated_keys,
+    split_by_keys,
     split_valid_points,
 )
 from spark_jobs.transforms.rollups import (
@@ -153,3 +155,31 @@ def test_baseline_per_hour_of_week(spark: SparkSession) -> None:
     assert got[0]["mean"] == pytest.approx(20.0) and got[0]["stddev"] == pytest.approx(10.0)
     assert got[0]["samples"] == 3 and got[0]["computed_at"] == monday.replace(tzinfo=None)
     assert got[167]["mean"] == pytest.approx(50.0) and got[167]["stddev"] == pytest.approx(0.0)
+
+
+def test_only_repeated_events_are_deduplicated_and_the_result_equals_a_full_dedup(
+    spark: SparkSession,
+) -> None:
+    rows = [
+        payload(f"e{i}", f"srv-{i % 3}", T0 + timedelta(seconds=10 * i), {"cpu_pct": float(i)})
+        for i in range(20)
+    ]
+    rows += [
+        payload("e3", "srv-0", T0 + timedelta(seconds=30), {"cpu_pct": 99.0}, ingest_s=40),
+        payload("e3", "srv-0", T0 + timedelta(seconds=30), {"cpu_pct": 98.0}, ingest_s=-2),
+        payload("e7", "srv-1", T0 + timedelta(seconds=70), {"cpu_pct": 7.0}, ingest_s=60),
+    ]
+    frame = landing(spark, rows)
+    keys = repeated_keys(frame)
+    assert keys.count() == 2  # e3 (three rows) and e7 (two)
+    singles, repeated = split_by_keys(frame, keys)
+    assert singles.count() == 18 and repeated.count() == 5
+    assert sorted(r.event_id for r in repeated.collect()) == ["e3", "e3", "e3", "e7", "e7"]
+
+    def key(frame: DataFrame) -> list[tuple[Any, ...]]:
+        return sorted(tuple(r) for r in frame.select("event_id", "metrics", "ingest_ts").collect())
+
+    two_step = singles.unionByName(first_copies(repeated))
+    assert key(two_step) == key(first_copies(frame))
+    e3 = two_step.where("event_id = 'e3'").collect()
+    assert len(e3) == 1 and e3[0].metrics == {"cpu_pct": 98.0}  # the first ingested copy
