@@ -54,8 +54,9 @@ def _tags() -> list[Column]:
 def rollup_points(points: DataFrame, *, grain: Grain, sketch_k: int) -> DataFrame:
     """Aggregate points (``ts, server_id, metric, value`` and tags) into windows."""
     window_start = F.date_trunc(grain, "ts").alias("window_start")
-    # Series first: the rows come sorted by series (see _SERIES_ORDER in spark_jobs.jobs),
-    # which the sort-based aggregation of the sketches then finds nearly in order.
+    # Series first: raw_points files are sorted by server and time, finer rollups by
+    # series (_SERIES_ORDER in spark_jobs.jobs), so the sort-based aggregation of the
+    # sketches finds its input nearly in order.
     aggregated = points.groupBy("server_id", "metric", window_start).agg(
         *_tags(),
         F.count("value").alias("count"),

@@ -183,3 +183,20 @@ def test_only_repeated_events_are_deduplicated_and_the_result_equals_a_full_dedu
     assert key(two_step) == key(first_copies(frame))
     e3 = two_step.where("event_id = 'e3'").collect()
     assert len(e3) == 1 and e3[0].metrics == {"cpu_pct": 98.0}  # the first ingested copy
+
+
+def test_a_windows_sum_has_the_same_bits_whatever_the_order_of_its_rows(
+    spark: SparkSession,
+) -> None:
+    values = [0.1, 0.2, 0.3, 1e16, -1e16, 7.7, 1e-3]
+    sums = set()
+    for order in (values, values[::-1], values[3:] + values[:3]):
+        rows = [
+            payload(f"e{i}", "srv-1", T0 + timedelta(seconds=i), {"cpu_pct": v})
+            for i, v in enumerate(order)
+        ]
+        # Several input partitions: partial sums merged in an order Spark chooses.
+        frame = landing_to_points(landing(spark, rows)).repartition(3)
+        (row,) = rollup_points(frame, grain="minute", sketch_k=200).collect()
+        sums.add(row.sum)
+    assert sums == {sum(sorted(values))}
