@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from kafka import KafkaProducer
 from test_speed_e2e import read_topic_raw
 
 from fleetlens.alerts.control import Acknowledgement, AlertControl
@@ -34,35 +36,57 @@ def sample(ts: int, cpu: float) -> Event:
     return Event(event_id=f"e{ts}", server_id="s1", ts=ts, metrics={"cpu_pct": cpu}, tags={})
 
 
-def test_rules_reload_on_change_and_on_request_keeping_state(
-    settings: Settings, tmp_path: Path
-) -> None:
+@pytest.fixture
+def rules_path(tmp_path: Path) -> Path:
     path = tmp_path / "alerts.yaml"
     path.write_text(RULES)
+    return path
+
+
+@pytest.fixture
+def producer(settings: Settings) -> Iterator[KafkaProducer]:
     producer = make_producer(settings.kafka)
-    reload = threading.Event()
-    alerts = StreamAlerts(
-        AlertSettings(rules_path=path, tick_interval_s=0.001),
+    yield producer
+    producer.close()
+
+
+def stream_alerts(
+    settings: Settings,
+    producer: KafkaProducer,
+    rules_path: Path,
+    *,
+    reload: threading.Event | None = None,
+) -> StreamAlerts:
+    """The wrapper as the speed layer builds it, on the test's rules file."""
+    return StreamAlerts(
+        AlertSettings(rules_path=rules_path, tick_interval_s=0.001),
         producer,
         settings.kafka.topics.alerts.name,
         lake=Lake(settings.lake),
         reload=reload,
     )
+
+
+def test_rules_reload_on_change_and_on_request_keeping_state(
+    settings: Settings, producer: KafkaProducer, rules_path: Path
+) -> None:
+    reload = threading.Event()
+    alerts = stream_alerts(settings, producer, rules_path, reload=reload)
     now = int(time.time() * 1000)
     alerts.observe(sample(now, 95.0), partition=0, now_ms=now)
     assert [a["state"] for a in alerts.engine.alerts()] == ["firing"]
 
     # A new rule in the file: picked up at the next tick; the firing alert is kept.
-    path.write_text(
+    rules_path.write_text(
         RULES + '  - {name: low-cpu, type: threshold, metric: cpu_pct, op: "<", value: 1}\n'
     )
-    os.utime(path, (time.time() + 5, time.time() + 5))
+    os.utime(rules_path, (time.time() + 5, time.time() + 5))
     alerts.tick(now + 10)
     assert [r.name for r in alerts.engine.rules.rules] == ["high-cpu", "low-cpu"]
     assert [a["rule"] for a in alerts.engine.alerts()] == ["high-cpu"]
 
     # A file that does not validate is refused; the rules in force stay.
-    path.write_text(RULES.replace("value: 80", "value: eighty"))
+    rules_path.write_text(RULES.replace("value: 80", "value: eighty"))
     reload.set()  # as SIGHUP does
     alerts.tick(now + 20)
     assert [r.name for r in alerts.engine.rules.rules] == ["high-cpu", "low-cpu"]
@@ -70,7 +94,6 @@ def test_rules_reload_on_change_and_on_request_keeping_state(
 
     # The records went to fleet.alerts.v1, keyed by alert id, acknowledged.
     wait_acknowledged(producer, alerts.take_pending(), timeout_s=10)
-    producer.close()
     decoder = msgspec.json.Decoder(AlertEvent)
     records = [
         decoder.decode(v) for _, v in read_topic_raw(settings, settings.kafka.topics.alerts.name)
@@ -79,24 +102,15 @@ def test_rules_reload_on_change_and_on_request_keeping_state(
 
 
 def test_an_acknowledgement_made_while_the_layer_was_down_reaches_the_restored_alert(
-    settings: Settings, tmp_path: Path
+    settings: Settings, producer: KafkaProducer, rules_path: Path
 ) -> None:
-    path = tmp_path / "alerts.yaml"
-    path.write_text(RULES)
-    producer = make_producer(settings.kafka)
-    lake = Lake(settings.lake)
-    topic = settings.kafka.topics.alerts.name
-
-    def layer() -> StreamAlerts:
-        return StreamAlerts(AlertSettings(rules_path=path), producer, topic, lake=lake)
-
     now = int(time.time() * 1000)
-    first = layer()
+    first = stream_alerts(settings, producer, rules_path)
     first.observe(sample(now, 95.0), partition=0, now_ms=now)
     (alert,) = first.engine.alerts()
     states = msgspec.msgpack.decode(msgspec.msgpack.encode(first.partition_states([0])))
     # The layer is down; someone acknowledges the alert through the API meanwhile.
-    AlertControl(lake).acknowledge(
+    AlertControl(Lake(settings.lake)).acknowledge(
         Acknowledgement(
             alert_id=alert["id"],
             firing_at=alert["firing_at"],
@@ -105,8 +119,7 @@ def test_an_acknowledgement_made_while_the_layer_was_down_reaches_the_restored_a
             acked_at=now + 1_000,
         )
     )
-    second = layer()
+    second = stream_alerts(settings, producer, rules_path)
     second.restore((int(p), state) for p, state in states.items())
     (restored,) = second.engine.alerts()
     assert (restored["id"], restored["acked_by"]) == (alert["id"], "ana")
-    producer.close()
