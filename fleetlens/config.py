@@ -33,6 +33,7 @@ __all__ = [
     "KafkaSettings",
     "LakeSettings",
     "MetricSpec",
+    "ServingSettings",
     "Settings",
     "SimulatorSettings",
     "SmtpSettings",
@@ -279,6 +280,22 @@ class BatchSettings(_Section):
     retention: RetentionSettings = RetentionSettings()
 
 
+class ServingSettings(_Section):
+    """The query engine, the HTTP API's queries and the live feed."""
+
+    #: Buckets per series ``step="auto"`` aims at.
+    auto_points: int = Field(default=1000, ge=10)
+    #: The most buckets a series may have; a finer step is refused with one that works.
+    max_points_per_series: int = Field(default=50_000, ge=100)
+    #: Answers kept in memory (those wholly before the batch watermark: they only change
+    #: when the batch layer recomputes a partition).
+    cache_entries: int = Field(default=256, ge=0)
+    #: Events a slow ``/api/v1/live`` subscriber may fall behind before it is dropped.
+    live_queue: int = Field(default=10_000, ge=10)
+    #: ``/api/v1/live`` starts this far back in the topics (so a new page has a window).
+    live_replay_s: int = Field(default=120, ge=0)
+
+
 class LogSettings(_Section):
     level: str = "INFO"
     format: Literal["console", "json"] = "console"
@@ -308,6 +325,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     spark: SparkSettings = SparkSettings()
     batch: BatchSettings = BatchSettings()
+    serving: ServingSettings = ServingSettings()
     simulator: SimulatorSettings
 
     @field_validator("runtime_dir")

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 
 from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
-from fleetlens.lake.schemas import WATERMARK_SCHEMA
+from fleetlens.lake.schemas import WATERMARK_SCHEMA, WATERMARKS
 
 __all__ = [
     "DAY",
@@ -31,6 +31,7 @@ __all__ = [
     "HourPartition",
     "LandingFile",
     "advance_watermark",
+    "first_partition",
     "hours_between",
     "list_landing_files",
     "mark_files",
@@ -38,11 +39,11 @@ __all__ = [
     "new_landing_files",
     "partition_times",
     "stale_partitions",
+    "watermark_of",
 ]
 
 LANDING_FILES = "landing_files"
 PARTITIONS = "batch_partitions"
-WATERMARKS = "batch_watermarks"
 #: The ``hour`` of a partition that covers a whole day (``rollup_1d``).
 DAY = -1
 
@@ -227,14 +228,24 @@ def stale_partitions(
     return sorted(stale)
 
 
+def watermark_of(lake: Lake, table: str) -> datetime | None:
+    """``table``'s ``complete_until``, or None if it has none yet."""
+    rows = _read(lake, WATERMARKS, WATERMARK_SCHEMA)
+    rows = rows.filter(pc.equal(rows["table_name"], table))
+    return rows["complete_until"][0].as_py() if rows.num_rows else None
+
+
+def first_partition(lake: Lake, table: str) -> HourPartition | None:
+    """The earliest partition a job wrote to ``table``, or None if none."""
+    return min(_updated(lake, table), default=None)
+
+
 def advance_watermark(
     lake: Lake, table: str, *, start: datetime, end: datetime, run_id: str
 ) -> datetime | None:
     """Move ``table``'s ``complete_until`` to ``end`` if it is unset or at least ``start``
     (no gap) and below ``end``; returns the new value, or None if a gap kept it."""
-    rows = _read(lake, WATERMARKS, WATERMARK_SCHEMA)
-    rows = rows.filter(pc.equal(rows["table_name"], table))
-    current: datetime | None = rows["complete_until"][0].as_py() if rows.num_rows else None
+    current = watermark_of(lake, table)
     if current is not None and current < start:
         return None
     if current is not None and current >= end:

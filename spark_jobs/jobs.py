@@ -24,12 +24,20 @@ from fleetlens.lake.delta import delete_where, table_exists
 from fleetlens.lake.delta import maintain as maintain_table
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import (
+    BASELINE,
     BASELINE_SCHEMA,
     HOUR_PARTITIONS,
+    QUARANTINE,
     QUARANTINE_SCHEMA,
+    RAW_POINTS,
     RAW_POINTS_SCHEMA,
+    ROLLUP_1D,
     ROLLUP_1D_SCHEMA,
+    ROLLUP_1H,
+    ROLLUP_1M,
     ROLLUP_HOURLY_SCHEMA,
+    SPEED_1M,
+    SPEED_LATE_1M,
 )
 from fleetlens.logging import get_logger
 from spark_jobs import control, delta_io, quality
@@ -49,12 +57,6 @@ __all__ = ["JOBS", "JobContext", "JobResult", "run_job"]
 
 log = get_logger("batch")
 
-RAW_POINTS = "raw_points"
-QUARANTINE = "quarantine"
-ROLLUP_1M = "rollup_1m"
-ROLLUP_1H = "rollup_1h"
-ROLLUP_1D = "rollup_1d"
-BASELINE = "baseline_hourly"
 
 #: Target tables: schema, partition columns, description.
 TABLES: dict[str, tuple[Any, tuple[str, ...], str]] = {
@@ -322,7 +324,7 @@ def maintain(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     speed layer's ``speed_1m``."""
     result = JobResult("maintain", start.isoformat(), end.isoformat())
     hours = ctx.settings.batch.retention.vacuum_hours
-    for name in (*TABLES, "speed_1m", "speed_late_1m"):
+    for name in (*TABLES, SPEED_1M, SPEED_LATE_1M):
         if not table_exists(ctx.lake, name):
             continue
         report = maintain_table(ctx.lake, name, retention_hours=hours)
@@ -459,7 +461,38 @@ def watermark(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
     for table in (ROLLUP_1M, ROLLUP_1H):
         moved = control.advance_watermark(ctx.lake, table, start=start, end=end, run_id=ctx.run_id)
         result.details[table] = moved.isoformat() if moved else "gap before start: not moved"
+    result.details[ROLLUP_1D] = _advance_daily_watermark(ctx)
     return result
+
+
+def _advance_daily_watermark(ctx: JobContext) -> str:
+    """Move ``rollup_1d``'s ``complete_until`` to the last midnight before ``rollup_1h``'s
+    once every day up to there is rolled up from the latest hours and verified.
+
+    ``rollup_1d`` runs once a day, so lagging the hourly watermark is normal, not an error:
+    the query layer reads ``rollup_1h`` for the days in between.
+    """
+    hourly = control.watermark_of(ctx.lake, ROLLUP_1H)
+    first = control.first_partition(ctx.lake, ROLLUP_1H)
+    if hourly is None or first is None:
+        return "no hourly watermark yet: not moved"
+    day_end = hourly.replace(hour=0, minute=0, second=0, microsecond=0)
+    begin = control.watermark_of(ctx.lake, ROLLUP_1D) or first.day().start
+    if day_end <= begin:
+        return f"{begin.isoformat()} (no complete day since)"
+    hours = control.hours_between(begin, day_end)
+    days = sorted({h.day() for h in hours})
+    behind = control.stale_partitions(
+        ctx.lake, source=ROLLUP_1H, target=ROLLUP_1D, candidates=hours, to_target=True
+    ) + control.stale_partitions(
+        ctx.lake, source=ROLLUP_1D, target=_verified(ROLLUP_1D), candidates=days
+    )
+    if behind:
+        return f"not moved: {', '.join(_labels(sorted(set(behind))))} not rolled up and verified"
+    moved = control.advance_watermark(
+        ctx.lake, ROLLUP_1D, start=begin, end=day_end, run_id=ctx.run_id
+    )
+    return moved.isoformat() if moved else "gap before start: not moved"
 
 
 # -- backfill -----------------------------------------------------------------------------
@@ -491,6 +524,9 @@ def backfill(ctx: JobContext, start: datetime, end: datetime) -> JobResult:
             bar.update()
     daily = rollup_1d(scoped, start, end)
     result.partitions.update(daily.partitions)
+    # The days just rolled up are verified and watermarked now, not at the next hourly run.
+    quality_job(scoped, start, end)
+    result.details["watermark"] = watermark(scoped, start, end).details
     result.details["chunks"] = len(chunks)
     return result
 

@@ -22,7 +22,9 @@ from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import (
     LATE_KEY,
+    SPEED_1M,
     SPEED_1M_SCHEMA,
+    SPEED_LATE_1M,
     SPEED_LATE_SCHEMA,
     WINDOW_KEY,
 )
@@ -39,8 +41,8 @@ __all__ = [
     "SpeedTable",
 ]
 
-SPEED_TABLE = "speed_1m"
-LATE_TABLE = "speed_late_1m"
+SPEED_TABLE = SPEED_1M
+LATE_TABLE = SPEED_LATE_1M
 
 
 class SpeedTable:

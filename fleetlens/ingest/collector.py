@@ -140,9 +140,12 @@ def create_app(
     tokens = TenantTokens(cfg.tokens)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> Any:
+    async def lifespan(app: FastAPI) -> Any:
         yield
         await run_in_threadpool(publisher.close)
+        # What the services sharing this app registered to be closed (the live feed).
+        for close in getattr(app.state, "on_close", ()):
+            await run_in_threadpool(close)
 
     app = FastAPI(title=title, version="1", lifespan=lifespan)
     app.mount("/metrics", make_asgi_app(registry=registry))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-from deltalake import DeltaTable, QueryBuilder
+from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
@@ -53,6 +53,7 @@ __all__ = [
     "CommitFailedError",
     "MaintenanceReport",
     "TableMismatchError",
+    "append",
     "delete_where",
     "ensure_table",
     "maintain",
@@ -266,6 +267,23 @@ def upsert(
         streamed_exec=False,
     )
     return merger.when_matched_update_all().when_not_matched_insert_all().execute()
+
+
+def append(lake: Lake, name: str, rows: pa.Table) -> None:
+    """Append ``rows`` to the table (no deduplication: for bulk loads of new data).
+
+    Args:
+        lake: The lake.
+        name: Table name; the table must exist (see :func:`ensure_table`).
+        rows: The rows, with exactly the table's columns (in any order).
+
+    Raises:
+        TableMismatchError: ``rows`` lack table columns or have others.
+    """
+    if rows.num_rows == 0:
+        return
+    table = open_table(lake, name)
+    write_deltalake(table, _conform(name, table, rows), mode="append")
 
 
 @_retry_on_conflict

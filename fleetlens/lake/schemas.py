@@ -11,24 +11,44 @@ __all__ = [
     "ACKS_SCHEMA",
     "ALERTS_KEY",
     "ALERTS_SCHEMA",
+    "BASELINE",
     "BASELINE_SCHEMA",
     "HOUR_PARTITIONS",
     "LATE_KEY",
+    "QUARANTINE",
     "QUARANTINE_SCHEMA",
+    "RAW_POINTS",
     "RAW_POINTS_SCHEMA",
+    "ROLLUP_1D",
     "ROLLUP_1D_SCHEMA",
+    "ROLLUP_1H",
+    "ROLLUP_1M",
     "ROLLUP_HOURLY_SCHEMA",
     "ROLLUP_SCHEMA",
     "SILENCES_KEY",
     "SILENCES_SCHEMA",
+    "SPEED_1M",
     "SPEED_1M_SCHEMA",
+    "SPEED_LATE_1M",
     "SPEED_LATE_SCHEMA",
     "TAG_COLUMNS",
+    "WATERMARKS",
     "WATERMARK_SCHEMA",
     "WINDOW_KEY",
     "epoch_ms",
     "micros",
 ]
+
+# -- table names ----------------------------------------------------------------------
+RAW_POINTS = "raw_points"
+QUARANTINE = "quarantine"
+ROLLUP_1M = "rollup_1m"
+ROLLUP_1H = "rollup_1h"
+ROLLUP_1D = "rollup_1d"
+BASELINE = "baseline_hourly"
+SPEED_1M = "speed_1m"
+SPEED_LATE_1M = "speed_late_1m"
+WATERMARKS = "batch_watermarks"
 
 #: Tag columns carried by every aggregate row, in this order.
 TAG_COLUMNS = ("tenant", "region", "env", "service", "cluster")

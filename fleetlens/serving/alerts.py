@@ -24,7 +24,7 @@ from fleetlens.alerts.history import AlertHistory
 from fleetlens.alerts.silences import Matcher, Silence
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import epoch_ms
-from fleetlens.serving.auth import TenantTokens
+from fleetlens.serving.auth import BAD_REQUEST, TenantTokens
 
 __all__ = ["AckRequest", "SilenceRequest", "alerts_router"]
 
@@ -59,7 +59,7 @@ class SilenceRequest(BaseModel):
 
 def alerts_router(lake: Lake, tokens: TenantTokens) -> APIRouter:
     """The ``/api/v1/alerts`` and ``/api/v1/silences`` routes over ``lake``."""
-    router = APIRouter(prefix="/api/v1", tags=["alerts"])
+    router = APIRouter(prefix="/api/v1", tags=["alerts"], responses=BAD_REQUEST)
     history = AlertHistory(lake)
     control = AlertControl(lake)
     caller = Depends(tokens)
@@ -166,11 +166,19 @@ def alerts_router(lake: Lake, tokens: TenantTokens) -> APIRouter:
                 return silence, expired_by
         raise HTTPException(404, f"no silence {silence_id!r}")
 
-    @router.get("/silences/{silence_id}", summary="One silence")
+    @router.get(
+        "/silences/{silence_id}",
+        summary="One silence",
+        responses={404: {"description": "No such silence of the caller's tenant"}},
+    )
     def get_silence(silence_id: str, tenant: Annotated[str, caller]) -> dict[str, Any]:
         return _silence_out(*find(silence_id, tenant), _now_ms())
 
-    @router.delete("/silences/{silence_id}", summary="Expire a silence now")
+    @router.delete(
+        "/silences/{silence_id}",
+        summary="Expire a silence now",
+        responses={404: {"description": "No such silence of the caller's tenant"}},
+    )
     def expire_silence(
         silence_id: str,
         tenant: Annotated[str, caller],

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from fastapi import HTTPException, Request
 from pydantic import SecretStr
 
-__all__ = ["TenantTokens"]
+__all__ = ["BAD_REQUEST", "TenantTokens"]
+
+#: The responses every authenticated route documents: a bad parameter (the body names it:
+#: ``{"detail": {"field", "reason", ...}}``) and a missing or unknown token.
+BAD_REQUEST: dict[int | str, dict[str, str]] = {
+    400: {"description": "A parameter is not valid; the body names it and what is allowed"},
+    401: {"description": "Missing or invalid bearer token"},
+}
 
 
 class TenantTokens:

@@ -1,0 +1,207 @@
+"""Re-aggregating windows to a query's step: mergeable partials in, one row per bucket and
+group out.
+
+Pure: polars frames in and out, no I/O. ``count``, ``sum``, ``min``, ``max`` and ``last``
+merge exactly; quantiles come from the merged KLL sketches (Apache DataSketches), never from
+averaging percentiles. A bucket made of a single window reuses the window's stored
+p50/p95/p99, which were read from the same sketch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import polars as pl
+from datasketches import kll_doubles_sketch
+
+from fleetlens.lake.schemas import TAG_COLUMNS
+from fleetlens.serving.tiers import QueryPlan, Segment
+
+__all__ = [
+    "AGGREGATES",
+    "PARTIAL_COLUMNS",
+    "AggregateError",
+    "last_window",
+    "merge_buckets",
+    "parse_aggregates",
+    "points_to_buckets",
+    "quantile_of",
+    "segment_rows",
+    "select_segments",
+]
+
+#: The aggregates a query may ask for, besides quantiles ``pNN`` (``p50``, ``p99.9``...).
+AGGREGATES = ("avg", "min", "max", "sum", "count", "last")
+#: The columns of a window aggregate that :func:`merge_buckets` reads.
+PARTIAL_COLUMNS = (
+    "window_start",
+    "server_id",
+    *TAG_COLUMNS,
+    "count",
+    "sum",
+    "min",
+    "max",
+    "last",
+    "last_ts",
+    "sketch",
+    "p50",
+    "p95",
+    "p99",
+)
+#: Quantiles stored beside every window's sketch.
+_STORED = {0.5: "p50", 0.95: "p95", 0.99: "p99"}
+_QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?)$")
+#: Inclusive ranks, as the rollups' stored quantiles were computed (Spark and speed layer).
+_INCLUSIVE = True
+
+
+class AggregateError(ValueError):
+    """An aggregate name is not one of :data:`AGGREGATES` or ``pNN``."""
+
+
+def quantile_of(name: str) -> float | None:
+    """The quantile (0..1) an aggregate name asks for (``p95`` -> 0.95), or None."""
+    match = _QUANTILE.match(name)
+    if match is None:
+        return None
+    q = float(match.group(1)) / 100
+    return q if 0 < q < 1 else None
+
+
+def parse_aggregates(names: Sequence[str]) -> tuple[str, ...]:
+    """Check aggregate names, keeping their order and dropping repeats.
+
+    Raises:
+        AggregateError: A name is unknown.
+    """
+    if not names:
+        raise AggregateError("ask for at least one aggregate")
+    for name in names:
+        if name not in AGGREGATES and quantile_of(name) is None:
+            raise AggregateError(
+                f"unknown aggregate {name!r}: use {', '.join(AGGREGATES)} or a quantile "
+                "pNN (p50, p95, p99.9...)"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def _bucket(column: str, plan: QueryPlan) -> pl.Expr:
+    """The start of the bucket of ``column``: buckets are aligned to the epoch, as the
+    plan's range is."""
+    step_us = plan.step_s * 1_000_000
+    micros = pl.col(column).dt.epoch("us")
+    return ((micros // step_us) * step_us).cast(pl.Datetime("us", "UTC")).alias("window_start")
+
+
+def segment_rows(segment: Segment, column: str = "window_start") -> list[pl.Expr]:
+    """The filter of the rows a segment takes from its table."""
+    return [pl.col(column) >= segment.start, pl.col(column) < segment.end]
+
+
+def select_segments(plan: QueryPlan, frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """The rows each of the plan's segments takes from its table's frame, concatenated:
+    the partials :func:`merge_buckets` merges."""
+    parts = [frames[s.table].filter(*segment_rows(s)) for s in plan.segments if s.table in frames]
+    return pl.concat(parts) if parts else pl.DataFrame()
+
+
+def merge_buckets(
+    partials: pl.DataFrame,
+    *,
+    plan: QueryPlan,
+    group_by: Sequence[str],
+    aggs: Sequence[str],
+) -> pl.DataFrame:
+    """One row per bucket of ``plan.step_s`` and group, from window aggregates.
+
+    Args:
+        partials: Rows with :data:`PARTIAL_COLUMNS`, from windows that do not overlap (the
+            plan's segments) and are no wider than the step.
+        plan: The query plan (its step; its range, which the rows must already be within).
+        group_by: Key columns of a series (``server_id``, or tags); empty: one series.
+        aggs: Aggregates, checked by :func:`parse_aggregates`.
+
+    Returns:
+        ``window_start``, the group keys, then one column per aggregate, sorted by keys then
+        time.
+    """
+    quantiles = {name: q for name in aggs if (q := quantile_of(name)) is not None}
+    keys = ["window_start", *group_by]
+    grouped = partials.group_by(_bucket("window_start", plan), *group_by).agg(
+        pl.col("count").sum(),
+        pl.col("sum").sum(),
+        pl.col("min").min(),
+        pl.col("max").max(),
+        pl.col("last").sort_by("last_ts").last(),
+        pl.len().alias("_windows"),
+        *(pl.col(c).first() for c in {_STORED[q] for q in quantiles.values() if q in _STORED}),
+        *([pl.col("sketch")] if quantiles else []),
+    )
+    out = grouped.with_columns(avg=pl.col("sum") / pl.col("count"))
+    if quantiles:
+        out = out.with_columns(_quantiles(out, quantiles))
+    return out.select(*keys, *(pl.col(a) for a in aggs)).sort(keys)
+
+
+def _quantiles(frame: pl.DataFrame, quantiles: Mapping[str, float]) -> list[pl.Series]:
+    """Each bucket's quantiles: a single window's stored value where there is one, else the
+    estimate of the bucket's sketches merged."""
+    qs = list(quantiles.values())
+    windows = frame["_windows"].to_list()
+    every_stored = all(q in _STORED for q in qs)
+    estimates: list[list[float] | None] = []
+    for count, parts in zip(windows, frame["sketch"].to_list(), strict=True):
+        if count == 1 and every_stored:
+            estimates.append(None)
+            continue
+        sketch = kll_doubles_sketch.deserialize(parts[0])
+        for part in parts[1:]:
+            sketch.merge(kll_doubles_sketch.deserialize(part))
+        estimates.append(list(sketch.get_quantiles(qs, _INCLUSIVE)))
+    columns = []
+    for i, (name, q) in enumerate(quantiles.items()):
+        stored = frame[_STORED[q]].to_list() if q in _STORED else [None] * frame.height
+        values = [
+            s if (n == 1 and s is not None) or e is None else e[i]
+            for s, e, n in zip(stored, estimates, windows, strict=True)
+        ]
+        columns.append(pl.Series(name, values, pl.Float64))
+    return columns
+
+
+def points_to_buckets(
+    points: pl.DataFrame,
+    *,
+    plan: QueryPlan,
+    group_by: Sequence[str],
+    aggs: Sequence[str],
+) -> pl.DataFrame:
+    """Like :func:`merge_buckets`, from ``raw_points`` rows (``ts``, ``value``, keys):
+    quantiles are exact, by inclusive rank (the ``ceil(q * n)``-th smallest value)."""
+    quantiles = {name: q for name in aggs if (q := quantile_of(name)) is not None}
+    keys = ["window_start", *group_by]
+    value = pl.col("value")
+    out = points.group_by(_bucket("ts", plan), *group_by).agg(
+        count=pl.len().cast(pl.Int64),
+        sum=value.sum(),
+        min=value.min(),
+        max=value.max(),
+        last=value.sort_by("ts").last(),
+        avg=value.mean(),
+        **{
+            name: value.sort().get((pl.len() * q).ceil().cast(pl.Int64).clip(1) - 1)
+            for name, q in quantiles.items()
+        },
+    )
+    return out.select(*keys, *(pl.col(a) for a in aggs)).sort(keys)
+
+
+def last_window(partials: pl.DataFrame) -> datetime | None:
+    """The latest ``window_start`` among ``partials``, or None if there are none."""
+    if partials.is_empty():
+        return None
+    value = partials["window_start"].max()
+    assert value is None or isinstance(value, datetime)
+    return value
