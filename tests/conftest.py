@@ -3,9 +3,12 @@ point every component at that broker, at topics of their own and at a scratch la
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +67,25 @@ def settings(fleet_env: dict[str, str]) -> Settings:
     loaded = load_settings()
     ensure_topics(loaded.kafka)
     return loaded
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One local Spark session for every test that runs batch jobs (one costs ~10 s)."""
+    from spark_jobs.session import build_session
+
+    # collect() turns timestamps into naive datetimes of the driver's zone: make it UTC.
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    warehouse = tmp_path_factory.mktemp("spark-warehouse")
+    settings = load_settings(
+        spark={
+            "master": "local[2]",
+            "driver_memory": "2g",
+            "shuffle_partitions": 4,
+            "conf": {"spark.sql.warehouse.dir": str(warehouse)},
+        }
+    )
+    session = build_session(settings, app_name="fleetlens-tests")
+    yield session
+    session.stop()

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from datasketches import kll_doubles_sketch
 from deltalake import DeltaTable
+from landing_reference import landing_points
 from pyspark.sql import SparkSession
 
 from fleetlens.config import Settings, load_settings
@@ -57,25 +57,6 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 def context(settings: Settings, spark: SparkSession, **kwargs: Any) -> JobContext:
     return JobContext(settings=settings, spark=spark, lake=Lake(settings.lake), **kwargs)
-
-
-def landing_points(settings: Settings) -> pl.DataFrame:
-    """The reference's input: every landing row, exploded and deduplicated in polars."""
-    files = sorted(Path(settings.lake.root, "landing", "metrics").rglob("*.parquet"))
-    frame = pl.concat(
-        [pl.from_arrow(pq.read_table(f, schema=LANDING_SCHEMA)) for f in files]  # type: ignore[misc]
-    )
-    points = (
-        frame.with_columns(pl.col("metrics").map.entries())
-        .explode("metrics")
-        .unnest("metrics")
-        .rename({"key": "metric"})
-        .sort("ingest_ts")
-        .unique(["event_id", "metric"], keep="first", maintain_order=True)
-    )
-    return points.select(
-        "server_id", "metric", "value", pl.col("ts").cast(pl.Datetime("us", "UTC"))
-    )
 
 
 def reference(points: pl.DataFrame, every: str) -> pl.DataFrame:
