@@ -51,6 +51,16 @@ DEMO_FAULTS = FaultSpec(
 )
 
 
+def _dashboard_url(settings: Settings, url: str) -> str:
+    """The dashboard's address; on the embedded profile with a development token in the
+    fragment (which the browser keeps to itself), so the page opens signed in."""
+    tokens = settings.collector.tokens
+    if settings.profile != "embedded" or not tokens:
+        return f"{url}/"
+    tenant = sorted(tokens)[0]
+    return f"{url}/#token={tokens[tenant].get_secret_value()}"
+
+
 class ServiceProcess:
     """A ``fleetlens`` subcommand running as a child process, logging to a file."""
 
@@ -210,7 +220,11 @@ def run_demo(
                 httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
         say(f"[bold]FleetLens demo[/bold] ({servers} servers, profile {settings.profile})")
         say(f"  broker     {settings.kafka.bootstrap_servers} ({settings.broker.mode})")
-        say(f"  api        {url}/api/v1/metrics (ingest)   {url}/api/v1/alerts   {url}/docs")
+        say(f"  [bold]dashboard  {_dashboard_url(settings, url)}[/bold]")
+        say(
+            f"  api        {url}/api/v1/query   {url}/api/v1/live   {url}/api/v1/alerts   "
+            f"{url}/api/v1/metrics (ingest)   {url}/docs"
+        )
         say(f"             metrics {url}/metrics   log {api.log_path}")
         say(f"  archiver   → {settings.lake.root}/landing/metrics   log {archiver.log_path}")
         say(

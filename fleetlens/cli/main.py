@@ -39,6 +39,12 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(speed_app, name="speed")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(spark_app, name="spark")
+# -- trino and grafana: sub-apps (commands at the end of the file) --------------------------
+trino_app = typer.Typer(no_args_is_help=True, help="Trino over the lake: tables and views.")
+grafana_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards, generated as code.")
+app.add_typer(trino_app, name="trino")
+app.add_typer(grafana_app, name="grafana")
+# -- end trino and grafana sub-apps ---------------------------------------------------------
 
 console = Console(stderr=True)
 
@@ -521,3 +527,102 @@ def demo(
         _settings(ctx), duration_s=duration, servers=servers, quiet=as_json, inject_faults=not clean
     )
     print(json.dumps(summary))
+
+
+# -- trino and grafana ----------------------------------------------------------------------
+
+_CatalogOption = Annotated[str, typer.Option(help="Trino catalog of the Delta Lake connector.")]
+_SchemaOption = Annotated[str, typer.Option(help="Schema for the lake's tables and views.")]
+
+
+@trino_app.command("sql")
+def trino_sql(
+    ctx: typer.Context, catalog: _CatalogOption = "delta", schema: _SchemaOption = "fleetlens"
+) -> None:
+    """Print the statements that register the lake's tables and create the serving views."""
+    from fleetlens.serving.trino import statements
+
+    for sql in statements(_settings(ctx), catalog=catalog, schema=schema):
+        print(f"{sql};")
+
+
+@trino_app.command("apply")
+def trino_apply(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(help="Trino's URL, e.g. http://trino:8080.")],
+    catalog: _CatalogOption = "delta",
+    schema: _SchemaOption = "fleetlens",
+    user: Annotated[str, typer.Option(help="Trino user.")] = "fleetlens",
+) -> None:
+    """Create the schema, register the lake's tables that exist and are not registered yet,
+    and (re)create the serving views; prints one JSON line."""
+    from urllib.parse import urlsplit
+
+    from trino.dbapi import connect
+    from trino.exceptions import HttpError, TrinoConnectionError, TrinoQueryError
+
+    from fleetlens.lake import delta
+    from fleetlens.lake.paths import Lake
+    from fleetlens.serving.trino import LAKE_TABLES, statements
+
+    settings = _settings(ctx)
+    where = urlsplit(url)
+    if where.scheme not in ("http", "https") or not where.hostname:
+        raise typer.BadParameter("expected http(s)://host[:port]", param_hint="--url")
+    lake = Lake(settings.lake)
+    present = [name for name in LAKE_TABLES if delta.table_exists(lake, name)]
+    connection = connect(  # type: ignore[no-untyped-call]
+        host=where.hostname,
+        port=where.port or (443 if where.scheme == "https" else 8080),
+        http_scheme=where.scheme,
+        user=user,
+        catalog=catalog,
+        max_attempts=1,  # an admin command: fail now rather than retry for minutes
+        request_timeout=30,
+    )
+    cursor = connection.cursor()
+
+    def run(sql: str, params: list[Any] | None = None) -> list[Any]:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+
+    try:
+        setup = statements(settings, catalog=catalog, schema=schema, tables=())
+        run(setup[0])  # the schema, so that its tables can be listed
+        known = {
+            row[0]
+            for row in run(
+                f"SELECT table_name FROM {catalog}.information_schema.tables "  # noqa: S608
+                "WHERE table_schema = ?",
+                [schema],
+            )
+        }
+        pending = [name for name in present if name not in known]
+        for sql in statements(settings, catalog=catalog, schema=schema, tables=pending)[1:]:
+            run(sql)
+    except (TrinoConnectionError, HttpError) as error:
+        console.print(f"cannot reach Trino at {url}: {error}", markup=False, style="red")
+        raise typer.Exit(1) from None
+    except TrinoQueryError as error:
+        console.print(f"Trino refused a statement: {error}", markup=False, style="red")
+        raise typer.Exit(1) from None
+    finally:
+        connection.close()
+    missing = [name for name in LAKE_TABLES if name not in present]
+    already = sorted(known & set(LAKE_TABLES))
+    print(json.dumps({"registered": pending, "already": already, "missing": missing}))
+
+
+@grafana_app.command("dashboards")
+def grafana_dashboards(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Folder for the dashboards' JSON files.")],
+) -> None:
+    """Write the FleetLens dashboards (JSON for Grafana's file provisioning)."""
+    from fleetlens.serving.grafana import write_dashboards
+
+    paths = write_dashboards(_settings(ctx), out)
+    print(json.dumps({"written": [str(p) for p in paths]}))
+
+
+# -- end trino and grafana ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 from datasketches import kll_doubles_sketch
 
@@ -25,6 +26,7 @@ __all__ = [
     "AggregateError",
     "last_window",
     "merge_buckets",
+    "needs_sketches",
     "parse_aggregates",
     "points_to_buckets",
     "quantile_of",
@@ -124,49 +126,66 @@ def merge_buckets(
         aggs: Aggregates, checked by :func:`parse_aggregates`.
 
     Returns:
-        ``window_start``, the group keys, then one column per aggregate, sorted by keys then
-        time.
+        ``window_start``, the group keys, then one column per aggregate, sorted by time,
+        then keys.
     """
     quantiles = {name: q for name in aggs if (q := quantile_of(name)) is not None}
     keys = ["window_start", *group_by]
-    grouped = partials.group_by(_bucket("window_start", plan), *group_by).agg(
-        pl.col("count").sum(),
-        pl.col("sum").sum(),
-        pl.col("min").min(),
-        pl.col("max").max(),
-        pl.col("last").sort_by("last_ts").last(),
-        pl.len().alias("_windows"),
-        *(pl.col(c).first() for c in {_STORED[q] for q in quantiles.values() if q in _STORED}),
-        *([pl.col("sketch")] if quantiles else []),
-    )
+    if _one_window_per_bucket(plan, group_by):
+        # Each window is a bucket of its own: a row per server, metric and window already.
+        grouped = partials.with_columns(_windows=pl.lit(1, pl.UInt32))
+    else:
+        stored = {_STORED[q] for q in quantiles.values() if q in _STORED}
+        grouped = partials.group_by(_bucket("window_start", plan), *group_by).agg(
+            pl.col("count").sum(),
+            pl.col("sum").sum(),
+            pl.col("min").min(),
+            pl.col("max").max(),
+            pl.col("last").sort_by("last_ts").last(),
+            pl.len().alias("_windows"),
+            *(pl.col(c).first() for c in sorted(stored)),
+            *([pl.col("sketch")] if quantiles else []),
+        )
     out = grouped.with_columns(avg=pl.col("sum") / pl.col("count"))
     if quantiles:
         out = out.with_columns(_quantiles(out, quantiles))
     return out.select(*keys, *(pl.col(a) for a in aggs)).sort(keys)
 
 
+def _one_window_per_bucket(plan: QueryPlan, group_by: Sequence[str]) -> bool:
+    return "server_id" in group_by and all(s.resolution_s == plan.step_s for s in plan.segments)
+
+
+def needs_sketches(plan: QueryPlan, group_by: Sequence[str], aggs: Sequence[str]) -> bool:
+    """Whether :func:`merge_buckets` reads the ``sketch`` column: not when every bucket is
+    one window and every quantile asked for is stored beside it (p50, p95, p99)."""
+    quantiles = [q for a in aggs if (q := quantile_of(a)) is not None]
+    if not quantiles:
+        return False
+    return not (_one_window_per_bucket(plan, group_by) and all(q in _STORED for q in quantiles))
+
+
 def _quantiles(frame: pl.DataFrame, quantiles: Mapping[str, float]) -> list[pl.Series]:
     """Each bucket's quantiles: a single window's stored value where there is one, else the
-    estimate of the bucket's sketches merged."""
+    estimate of the bucket's sketches (a binary, or a list of them) merged."""
     qs = list(quantiles.values())
-    windows = frame["_windows"].to_list()
+    single = (frame["_windows"] == 1).to_numpy()
     every_stored = all(q in _STORED for q in qs)
-    estimates: list[list[float] | None] = []
-    for count, parts in zip(windows, frame["sketch"].to_list(), strict=True):
-        if count == 1 and every_stored:
-            estimates.append(None)
-            continue
+    # Only the buckets that need a sketch read go through Python.
+    todo = np.flatnonzero(~single) if every_stored else np.arange(frame.height)
+    estimates = np.full((frame.height, len(qs)), np.nan)
+    sketches = frame["sketch"].gather(todo).to_list() if len(todo) else []
+    for row, parts in zip(todo.tolist(), sketches, strict=True):
+        parts = parts if isinstance(parts, list) else [parts]
         sketch = kll_doubles_sketch.deserialize(parts[0])
         for part in parts[1:]:
             sketch.merge(kll_doubles_sketch.deserialize(part))
-        estimates.append(list(sketch.get_quantiles(qs, _INCLUSIVE)))
+        estimates[row] = sketch.get_quantiles(qs, _INCLUSIVE)
     columns = []
     for i, (name, q) in enumerate(quantiles.items()):
-        stored = frame[_STORED[q]].to_list() if q in _STORED else [None] * frame.height
-        values = [
-            s if (n == 1 and s is not None) or e is None else e[i]
-            for s, e, n in zip(stored, estimates, windows, strict=True)
-        ]
+        values = estimates[:, i]
+        if q in _STORED:
+            values = np.where(single, frame[_STORED[q]].to_numpy(), values)
         columns.append(pl.Series(name, values, pl.Float64))
     return columns
 

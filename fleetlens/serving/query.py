@@ -23,8 +23,10 @@ from fleetlens.config import Settings, load_settings
 from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import (
+    RAW_POINTS,
     ROLLUP_1D,
     ROLLUP_1H,
+    ROLLUP_1M,
     SPEED_1M,
     SPEED_LATE_1M,
     TAG_COLUMNS,
@@ -34,6 +36,7 @@ from fleetlens.serving.merge import (
     AggregateError,
     last_window,
     merge_buckets,
+    needs_sketches,
     parse_aggregates,
     points_to_buckets,
     quantile_of,
@@ -60,7 +63,7 @@ __all__ = [
 ]
 
 DEFAULT_AGGS = ("avg", "min", "max", "p95")
-_DATE_PARTITIONED = {"raw_points", "rollup_1m", "rollup_1h", ROLLUP_1D}
+_DATE_PARTITIONED = {RAW_POINTS, ROLLUP_1M, ROLLUP_1H, ROLLUP_1D}
 
 
 class QueryError(ValueError):
@@ -234,6 +237,7 @@ class QueryEngine:
         end: datetime,
         step: str | int = "auto",
         now: datetime | None = None,
+        watermarks: Mapping[str, datetime] | None = None,
     ) -> QueryPlan:
         """The plan of a query over ``[start, end)`` (see :func:`plan_query`).
 
@@ -246,7 +250,7 @@ class QueryEngine:
                 start=_utc(start, "start"),
                 end=_utc(end, "end"),
                 step_s=parse_step(step),
-                watermarks=self.watermarks(),
+                watermarks=self.watermarks() if watermarks is None else watermarks,
                 retention=self._settings.batch.retention,
                 now=now or datetime.now(UTC),
                 auto_points=serving.auto_points,
@@ -299,7 +303,8 @@ class QueryEngine:
             raise QueryError("aggs", str(error)) from error
         keys = _group_keys(group_by)
         filters = _tag_filters(where)
-        plan = self.plan(start=start, end=end, step=step, now=now)
+        watermarks = self.watermarks()
+        plan = self.plan(start=start, end=end, step=step, now=now, watermarks=watermarks)
         versions = {s.table: self._tables.snapshot(s.table) for s in plan.segments}
         cache_key = None
         if plan.cacheable and self._settings.serving.cache_entries:
@@ -328,7 +333,6 @@ class QueryEngine:
             tenant=tenant,
         )
         speed = next((s for s in plan.segments if s.table == SPEED_1M), None)
-        watermarks = self.watermarks()
         meta = QueryMeta(
             metric=metric,
             start=plan.start,
@@ -363,10 +367,12 @@ class QueryEngine:
         tenant: str | None,
     ) -> tuple[pl.DataFrame, datetime | None]:
         """The answer, and the latest speed-layer window in it (for freshness)."""
-        quantiles = any(quantile_of(a) is not None for a in aggs)
         needed = ["window_start", *keys, "count", "sum", "min", "max", "last", "last_ts"]
-        if quantiles:
-            needed += ["sketch", "p50", "p95", "p99"]
+        if any(quantile_of(a) is not None for a in aggs):
+            needed += ["p50", "p95", "p99"]
+            # Sketches are the widest column: read only when a bucket has to merge them.
+            if needs_sketches(plan, keys, aggs):
+                needed.append("sketch")
         scans: list[pl.LazyFrame] = []
         for segment in plan.segments:
             found = versions.get(segment.table)
