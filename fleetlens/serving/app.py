@@ -13,6 +13,7 @@ from fleetlens.serving.auth import TenantTokens
 from fleetlens.serving.live import LiveFeed, live_router
 from fleetlens.serving.query import QueryEngine
 from fleetlens.serving.query_api import query_router
+from fleetlens.serving.ui import mount_dashboard
 
 __all__ = ["create_app"]
 
@@ -27,4 +28,5 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     feed = LiveFeed(settings)
     app.state.on_close = [feed.close]
     app.include_router(live_router(feed, tokens))
+    mount_dashboard(app)  # last: it answers every path the routes above do not
     return app
