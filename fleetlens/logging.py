@@ -12,6 +12,21 @@ from fleetlens.config import Settings
 __all__ = ["configure_logging", "get_logger"]
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured:
+    a redirection made later (a test's capture, an in-process CLI run) is followed, and one
+    that has ended is not written to."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(settings: Settings) -> None:
     """Route structlog and the standard library's logging to stderr, as JSON or for a console."""
     level = logging.getLevelNamesMapping().get(settings.log.level.upper(), logging.INFO)
@@ -29,10 +44,10 @@ def configure_logging(settings: Settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)
+    logging.basicConfig(level=max(level, logging.WARNING), stream=_Stderr())  # type: ignore[arg-type]
     # kafka-python logs a cancelled metadata refresh at ERROR whenever a client closes.
     logging.getLogger("kafka.cluster").setLevel(logging.CRITICAL)
 
