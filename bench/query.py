@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +43,9 @@ from fleetlens.lake.schemas import (
     ROLLUP_HOURLY_SCHEMA,
     SPEED_1M,
     SPEED_1M_SCHEMA,
-    WATERMARK_SCHEMA,
-    WATERMARKS,
 )
 from fleetlens.serving.query import QueryEngine
+from fleetlens.simulator.lake import write_table, write_watermarks
 
 SERVICES = ("api", "web", "db", "cache", "queue", "search")
 METRIC = "cpu_pct"
@@ -131,9 +131,7 @@ def build_lake(settings: Settings, *, servers: int, now: datetime) -> dict[str, 
     midnight = hour.replace(hour=0) - timedelta(days=1)
     year = midnight - timedelta(days=364)
 
-    def write(name: str, frame: pl.DataFrame, schema: object, parts: tuple[str, ...]) -> None:
-        delta.ensure_table(lake, name, schema=schema, partition_by=parts or None)  # type: ignore[arg-type]
-        delta.append(lake, name, frame.to_arrow())
+    write = partial(write_table, lake)
 
     def hourly(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.with_columns(
@@ -162,18 +160,7 @@ def build_lake(settings: Settings, *, servers: int, now: datetime) -> dict[str, 
     )
     write(SPEED_1M, speed.with_columns(emitted_at=pl.lit(now)), SPEED_1M_SCHEMA, ())
     marks = {ROLLUP_1M: boundary, ROLLUP_1H: boundary, ROLLUP_1D: midnight}
-    rows = pl.DataFrame(
-        {
-            "table_name": list(marks),
-            "complete_until": list(marks.values()),
-            "updated_at": [now] * 3,
-            "run_id": ["bench"] * 3,
-        },
-        schema={"table_name": pl.String, "complete_until": pl.Datetime("us", "UTC"),
-                "updated_at": pl.Datetime("us", "UTC"), "run_id": pl.String},
-    )  # fmt: skip
-    delta.ensure_table(lake, WATERMARKS, schema=WATERMARK_SCHEMA)
-    delta.upsert(lake, WATERMARKS, rows.to_arrow(), key=["table_name"])
+    write_watermarks(lake, marks, run_id="bench")
     return marks
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from fleetlens.alerts.engine import AlertEvent
@@ -30,6 +30,8 @@ from fleetlens.config import Settings
 from fleetlens.lake.schemas import TAG_COLUMNS
 from fleetlens.logging import get_logger
 from fleetlens.serving.auth import BAD_REQUEST, TenantTokens
+from fleetlens.serving.query import QueryError
+from fleetlens.serving.query_api import bad_request, parse_where
 
 __all__ = ["LiveFeed", "LiveFilter", "alert_event", "live_router", "window_events"]
 
@@ -273,19 +275,12 @@ def live_router(feed: LiveFeed, tokens: TenantTokens) -> APIRouter:
             list[str] | None, Query(description="Tag filters tag=value (repeatable)")
         ] = None,
     ) -> EventSourceResponse:
-        tags: dict[str, set[str]] = {}
-        for item in where or []:
-            tag, sep, value = item.partition("=")
-            if not sep or tag not in TAG_COLUMNS:
-                raise HTTPException(
-                    400,
-                    {
-                        "field": "where",
-                        "reason": f"where {item!r} is not tag=value with a known tag",
-                        "allowed": list(TAG_COLUMNS),
-                    },
-                )
-            tags.setdefault(tag, set()).add(value)
+        try:
+            tags = parse_where(where or [])
+            if unknown := [t for t in tags if t not in TAG_COLUMNS]:
+                raise QueryError("where", f"cannot filter on {unknown}", allowed=TAG_COLUMNS)
+        except QueryError as error:
+            raise bad_request(error) from error
         only = LiveFilter(
             tenant=tenant,
             servers=frozenset(server or ()),

@@ -175,18 +175,24 @@ class _Tables:
     open: dict[str, DeltaTable] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def latest(self, name: str) -> DeltaTable | None:
+        """The table at its latest version (opened once, then updated); None if missing.
+        Callers hold :attr:`lock`."""
+        table = self.open.get(name)
+        if table is None:
+            if not delta.table_exists(self.lake, name):
+                return None
+            table = self.open[name] = delta.open_table(self.lake, name)
+        else:
+            table.update_incremental()
+        return table
+
     def snapshot(self, name: str) -> tuple[pl.LazyFrame, int] | None:
         """A scan of the table's latest version and that version; None if it does not exist."""
         with self.lock:
-            table = self.open.get(name)
-            if table is None:
-                if not delta.table_exists(self.lake, name):
-                    return None
-                table = self.open[name] = delta.open_table(self.lake, name)
-            else:
-                table.update_incremental()
+            table = self.latest(name)
             # polars lists the version's files here, so a later update does not change it.
-            return pl.scan_delta(table), table.version()
+            return None if table is None else (pl.scan_delta(table), table.version())
 
 
 class QueryEngine:
@@ -221,10 +227,9 @@ class QueryEngine:
         statistics: no data is read)."""
         last = None
         with self._tables.lock:
-            if delta.table_exists(self._lake, SPEED_1M):
-                actions = pl.DataFrame(
-                    delta.open_table(self._lake, SPEED_1M).get_add_actions(flatten=True)
-                )
+            table = self._tables.latest(SPEED_1M)
+            if table is not None:
+                actions = pl.DataFrame(table.get_add_actions(flatten=True))
                 column = "max.window_start"
                 if column in actions.columns and actions.height:
                     last = actions[column].max()

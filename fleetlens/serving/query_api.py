@@ -25,7 +25,7 @@ from fleetlens.serving.auth import BAD_REQUEST, TenantTokens
 from fleetlens.serving.query import DEFAULT_AGGS, QueryEngine, QueryError
 from fleetlens.serving.tiers import GROUP_KEYS, StepError, parse_step
 
-__all__ = ["parse_time", "query_router"]
+__all__ = ["bad_request", "parse_time", "parse_where", "query_router"]
 
 _RELATIVE = re.compile(r"^now(?:\s*-\s*(\S+))?$")
 _AWARE = TypeAdapter(datetime)
@@ -59,7 +59,7 @@ def parse_time(text: str, *, field: str, now: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _bad(error: QueryError) -> HTTPException:
+def bad_request(error: QueryError) -> HTTPException:
     return HTTPException(
         400, {"field": error.field, "reason": str(error), "allowed": error.allowed}
     )
@@ -120,13 +120,13 @@ def query_router(settings: Settings, engine: QueryEngine, tokens: TenantTokens) 
                 finish,
                 step=step,
                 servers=server,
-                where=_where(where or []),
+                where=parse_where(where or []),
                 group_by=_group_by(group_by),
                 aggs=[a.strip() for a in aggs.split(",") if a.strip()],
                 tenant=tenant,
             )
         except QueryError as error:
-            raise _bad(error) from error
+            raise bad_request(error) from error
         cacheable = all(s["table"] != "speed_1m" for s in result.meta.sources)
         headers = {
             "Cache-Control": f"private, max-age={_BATCH_MAX_AGE_S}" if cacheable else "no-store",
@@ -178,7 +178,12 @@ def _json(body: dict[str, Any], headers: dict[str, str]) -> Response:
     return Response(msgspec.json.encode(body), media_type="application/json", headers=headers)
 
 
-def _where(items: list[str]) -> dict[str, list[str]]:
+def parse_where(items: list[str]) -> dict[str, list[str]]:
+    """``tag=value`` filters (repeatable; a tag given twice matches either value).
+
+    Raises:
+        QueryError: An item is not ``tag=value`` (the tag itself is checked by the engine).
+    """
     out: dict[str, list[str]] = {}
     for item in items:
         tag, sep, value = item.partition("=")

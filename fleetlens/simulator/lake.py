@@ -35,7 +35,14 @@ from fleetlens.lake.schemas import (
     WATERMARKS,
 )
 
-__all__ = ["POINT_SCHEMA", "day_floor", "rollup_rows", "write_simulated_lake"]
+__all__ = [
+    "POINT_SCHEMA",
+    "day_floor",
+    "rollup_rows",
+    "write_simulated_lake",
+    "write_table",
+    "write_watermarks",
+]
 
 #: The columns of a points frame: one row per sample.
 POINT_SCHEMA = {
@@ -94,13 +101,6 @@ def _partitions(frame: pl.DataFrame, column: str, *, hourly: bool) -> pl.DataFra
     return frame
 
 
-def _write(
-    lake: Lake, name: str, frame: pl.DataFrame, schema: pa.Schema, parts: tuple[str, ...]
-) -> None:
-    delta.ensure_table(lake, name, schema=schema, partition_by=parts or None)
-    delta.append(lake, name, frame.to_arrow())
-
-
 def write_simulated_lake(
     lake: Lake,
     points: pl.DataFrame,
@@ -131,28 +131,41 @@ def write_simulated_lake(
             event_id=pl.format("sim-{}-{}", pl.col("server_id"), pl.col("ts").dt.epoch("ms")),
             ingest_ts=pl.col("ts"),
         )
-        _write(lake, RAW_POINTS, rows, RAW_POINTS_SCHEMA, HOUR_PARTITIONS)
+        write_table(lake, RAW_POINTS, rows, RAW_POINTS_SCHEMA, HOUR_PARTITIONS)
     for name, window_s in ((ROLLUP_1M, 60), (ROLLUP_1H, 3600)):
         rollups = _partitions(
             rollup_rows(points, window_s=window_s, sketch_k=sketch_k), "window_start", hourly=True
         )
-        _write(lake, name, rollups, ROLLUP_HOURLY_SCHEMA, HOUR_PARTITIONS)
+        write_table(lake, name, rollups, ROLLUP_HOURLY_SCHEMA, HOUR_PARTITIONS)
     daily = _partitions(
         rollup_rows(points, window_s=86400, sketch_k=sketch_k), "window_start", hourly=False
     )
-    _write(lake, ROLLUP_1D, daily, ROLLUP_1D_SCHEMA, ("date",))
+    write_table(lake, ROLLUP_1D, daily, ROLLUP_1D_SCHEMA, ("date",))
     seen = points if speed_points is None else speed_points
     speed = rollup_rows(seen, window_s=60, sketch_k=sketch_k)
     start = speed_from or min(watermarks.values(), default=None)
     if start is not None:
         speed = speed.filter(pl.col("window_start") >= start)
-    _write(lake, SPEED_1M, speed.with_columns(emitted_at=pl.lit(now)), SPEED_1M_SCHEMA, ())
+    write_table(lake, SPEED_1M, speed.with_columns(emitted_at=pl.lit(now)), SPEED_1M_SCHEMA, ())
+    write_watermarks(lake, watermarks, run_id="simulated")
+
+
+def write_table(
+    lake: Lake, name: str, frame: pl.DataFrame, schema: pa.Schema, parts: tuple[str, ...]
+) -> None:
+    """Append ``frame`` to the table ``name``, creating it with ``schema`` and ``parts``."""
+    delta.ensure_table(lake, name, schema=schema, partition_by=parts or None)
+    delta.append(lake, name, frame.to_arrow())
+
+
+def write_watermarks(lake: Lake, watermarks: Mapping[str, datetime], *, run_id: str) -> None:
+    """Set ``batch_watermarks.complete_until`` of each table in ``watermarks``."""
     marks = pl.DataFrame(
         {
             "table_name": list(watermarks),
             "complete_until": list(watermarks.values()),
-            "updated_at": [now] * len(watermarks),
-            "run_id": ["simulated"] * len(watermarks),
+            "updated_at": [datetime.now(UTC)] * len(watermarks),
+            "run_id": [run_id] * len(watermarks),
         },
         schema={
             "table_name": pl.String,
