@@ -296,6 +296,30 @@ class ServingSettings(_Section):
     live_replay_s: int = Field(default=120, ge=0)
 
 
+class ReportSettings(_Section):
+    """The capacity-planning report (``fleetlens report capacity``)."""
+
+    #: Utilisation limits per metric, in the metric's unit: the report dates their crossing.
+    thresholds: dict[str, float] = {"disk_pct": 85.0, "cpu_pct": 70.0, "mem_pct": 90.0}
+    #: The daily statistic forecast per group: a quantile of the day's samples.
+    quantile: str = Field(default="p95", pattern=r"^p\d{1,2}(\.\d+)?$")
+    #: The seasonality of the candidate models (7: weekly, on daily data).
+    season_length: int = Field(default=7, ge=1)
+    #: Prediction interval of the forecast band, in percent.
+    band_level: int = Field(default=80, ge=50, le=99)
+    #: Backtest windows (the last ones of the history) models are chosen on.
+    backtest_windows: int = Field(default=2, ge=1)
+    #: Servers listed as most at risk.
+    servers_at_risk: int = Field(default=10, ge=0)
+    #: Where reports go when ``--out`` is not given: ``<out_dir>/capacity/<end date>``.
+    out_dir: Path = Path("~/.fleetlens/reports")
+
+    @field_validator("out_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+
 class LogSettings(_Section):
     level: str = "INFO"
     format: Literal["console", "json"] = "console"
@@ -326,6 +350,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     batch: BatchSettings = BatchSettings()
     serving: ServingSettings = ServingSettings()
+    report: ReportSettings = ReportSettings()
     simulator: SimulatorSettings
 
     @field_validator("runtime_dir")

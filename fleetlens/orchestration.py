@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import shutil
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "BACKFILL_JOB",
+    "CAPACITY_REPORT_DAYS",
+    "CAPACITY_REPORT_TASK",
     "DAILY_JOBS",
     "EXECUTABLE_VARIABLE",
     "HOURLY_JOBS",
+    "capacity_report_template",
+    "days_before",
     "default_executable",
     "iso_z",
     "jinja_filters",
@@ -38,11 +42,15 @@ HOURLY_JOBS = ("compact", "rollup_1m", "rollup_1h", "quality", "watermark")
 DAILY_JOBS = ("rollup_1d", "baseline", "retention", "maintain")
 #: The manual, resumable catch-up over any range.
 BACKFILL_JOB = "backfill"
+#: The daily DAG's report task (after ``rollup_1d``) and the days of history it covers.
+CAPACITY_REPORT_TASK = "capacity_report"
+CAPACITY_REPORT_DAYS = 30
 
 #: The Airflow Variable naming the ``fleetlens`` executable (optional).
 EXECUTABLE_VARIABLE = "fleetlens_executable"
 
 _DATA_INTERVAL = ("data_interval_start", "data_interval_end")
+_EXECUTABLE = f"{{{{ var.value.get('{EXECUTABLE_VARIABLE}', fleetlens_executable()) }}}}"
 
 
 def default_executable() -> str:
@@ -98,12 +106,28 @@ def spark_run_template(
         end: Jinja expression of the interval end (exclusive).
         extra: Further arguments, appended as they are (may hold Jinja).
     """
-    executable = f"{{{{ var.value.get('{EXECUTABLE_VARIABLE}', fleetlens_executable()) }}}}"
     command = (
-        f'"{executable}" spark run {job}'
+        f'"{_EXECUTABLE}" spark run {job}'
         f" --start {{{{ {start} | iso_z }}}} --end {{{{ {end} | iso_z }}}}"
     )
     return f"{command} {extra}".rstrip()
+
+
+def capacity_report_template(days: int = CAPACITY_REPORT_DAYS) -> str:
+    """The Jinja template of ``fleetlens report capacity`` over the ``days`` before the
+    run's data interval end (into ``report.out_dir``, a folder per end date)."""
+    end = _DATA_INTERVAL[1]
+    return (
+        f'"{_EXECUTABLE}" report capacity'
+        f" --start {{{{ {end} | days_before({days}) | iso_z }}}} --end {{{{ {end} | iso_z }}}}"
+    )
+
+
+def days_before(value: datetime | str, days: int) -> datetime:
+    """``days`` before an hour-aligned instant (a Jinja filter of the DAGs)."""
+    # A plain datetime: pendulum's loses its zone in this subtraction.
+    moment = datetime.fromtimestamp(parse_hour(value).timestamp(), UTC)
+    return moment - timedelta(days=days)
 
 
 def jinja_macros() -> dict[str, Any]:
@@ -113,4 +137,4 @@ def jinja_macros() -> dict[str, Any]:
 
 def jinja_filters() -> dict[str, Any]:
     """``user_defined_filters`` for the DAGs that use :func:`spark_run_template`."""
-    return {"iso_z": iso_z}
+    return {"iso_z": iso_z, "days_before": days_before}

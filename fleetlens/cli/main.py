@@ -45,6 +45,8 @@ grafana_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards, genera
 app.add_typer(trino_app, name="trino")
 app.add_typer(grafana_app, name="grafana")
 # -- end trino and grafana sub-apps ---------------------------------------------------------
+report_app = typer.Typer(no_args_is_help=True, help="Reports: capacity planning.")
+app.add_typer(report_app, name="report")
 
 console = Console(stderr=True)
 
@@ -626,3 +628,100 @@ def grafana_dashboards(
 
 
 # -- end trino and grafana ------------------------------------------------------------------
+
+
+# -- reports and the workbench's lake -------------------------------------------------------
+
+
+def _instant(text: str) -> datetime:
+    """A UTC instant from ISO 8601 (``2026-11-20``, ``2026-11-20T00:00:00Z``)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise typer.BadParameter(f"{text!r} is not an ISO 8601 date or time") from error
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@report_app.command("capacity")
+def report_capacity(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option(help="First day (ISO 8601, UTC).")],
+    end: Annotated[str, typer.Option(help="End (exclusive; ISO 8601, UTC), e.g. today.")],
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="service, cluster or region.")
+    ] = "service",
+    horizon: Annotated[str, typer.Option(help="Forecast horizon, e.g. 90d.")] = "90d",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (default: <report.out_dir>/capacity/<end date>)."),
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's servers.")] = None,
+) -> None:
+    """Write the capacity-planning report (HTML and CSV) for the days of [START, END)."""
+    from fleetlens.reports.capacity import GROUPINGS, write_report
+
+    settings = _settings(ctx)
+    if group_by not in GROUPINGS:
+        raise typer.BadParameter(f"one of {', '.join(GROUPINGS)}", param_hint="--group-by")
+    horizon_s = _parse_duration(horizon)
+    if horizon_s < 86_400 or horizon_s % 86_400:
+        raise typer.BadParameter("whole days, e.g. 90d", param_hint="--horizon")
+    begin, finish = _instant(start), _instant(end)
+    folder = out or settings.report.out_dir / "capacity" / f"{finish:%Y-%m-%d}"
+    try:
+        report = write_report(
+            settings,
+            start=begin,
+            end=finish,
+            group_by=group_by,  # type: ignore[arg-type]
+            horizon_days=int(horizon_s // 86_400),
+            out=folder,
+            tenant=tenant,
+        )
+    except ValueError as error:
+        console.print(f"[red]report capacity: {error}[/red]")
+        raise typer.Exit(2) from error
+    crossing = report.forecast.headroom.filter(
+        report.forecast.headroom["days_to_threshold"].is_not_null()
+    )
+    print(
+        json.dumps(
+            {
+                "html": str(report.html),
+                "tables": {name: str(path) for name, path in report.tables.items()},
+                "series": report.forecast.headroom.height,
+                "crossing_within_horizon": crossing.height,
+            }
+        )
+    )
+
+
+@simulate_app.command("lake")
+def simulate_lake(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option(help="Days of daily rollups, ending now.")] = 60,
+    servers: Annotated[int, typer.Option(help="Simulated servers.")] = 48,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    if_empty: Annotated[
+        bool, typer.Option("--if-empty", help="Do nothing if the lake has rollups already.")
+    ] = False,
+) -> None:
+    """Write a simulated lake for the workbench (notebooks, reports) straight into the
+    lake's tables: months of daily and hourly rollups, a day of minutes, a live tail."""
+    from fleetlens.lake import delta
+    from fleetlens.lake.paths import Lake
+    from fleetlens.lake.schemas import ROLLUP_1D
+    from fleetlens.simulator.workbench import WorkbenchShape, write_workbench_lake
+
+    settings = _settings(ctx)
+    lake = Lake(settings.lake)
+    if if_empty and delta.table_exists(lake, ROLLUP_1D):
+        print(json.dumps({"skipped": f"{ROLLUP_1D} exists in {settings.lake.root}"}))
+        return
+    summary = write_workbench_lake(
+        lake,
+        _fleet(settings, servers, seed),
+        end=datetime.now(UTC),
+        shape=WorkbenchShape(days=days),
+    )
+    print(json.dumps(summary))

@@ -38,6 +38,7 @@ from fleetlens.lake.schemas import (
 __all__ = [
     "POINT_SCHEMA",
     "day_floor",
+    "partitioned",
     "rollup_rows",
     "write_simulated_lake",
     "write_table",
@@ -94,7 +95,8 @@ def rollup_rows(points: pl.DataFrame, *, window_s: int, sketch_k: int = 200) -> 
     )
 
 
-def _partitions(frame: pl.DataFrame, column: str, *, hourly: bool) -> pl.DataFrame:
+def partitioned(frame: pl.DataFrame, column: str, *, hourly: bool) -> pl.DataFrame:
+    """``frame`` with the partition columns of ``column``'s time: ``date`` (and ``hour``)."""
     frame = frame.with_columns(date=pl.col(column).dt.strftime("%Y-%m-%d"))
     if hourly:
         frame = frame.with_columns(hour=pl.col(column).dt.hour().cast(pl.Int32))
@@ -127,17 +129,17 @@ def write_simulated_lake(
     """
     now = datetime.now(UTC)
     if raw:
-        rows = _partitions(points, "ts", hourly=True).with_columns(
+        rows = partitioned(points, "ts", hourly=True).with_columns(
             event_id=pl.format("sim-{}-{}", pl.col("server_id"), pl.col("ts").dt.epoch("ms")),
             ingest_ts=pl.col("ts"),
         )
         write_table(lake, RAW_POINTS, rows, RAW_POINTS_SCHEMA, HOUR_PARTITIONS)
     for name, window_s in ((ROLLUP_1M, 60), (ROLLUP_1H, 3600)):
-        rollups = _partitions(
+        rollups = partitioned(
             rollup_rows(points, window_s=window_s, sketch_k=sketch_k), "window_start", hourly=True
         )
         write_table(lake, name, rollups, ROLLUP_HOURLY_SCHEMA, HOUR_PARTITIONS)
-    daily = _partitions(
+    daily = partitioned(
         rollup_rows(points, window_s=86400, sketch_k=sketch_k), "window_start", hourly=False
     )
     write_table(lake, ROLLUP_1D, daily, ROLLUP_1D_SCHEMA, ("date",))

@@ -24,7 +24,13 @@ from airflow.sdk import DAG
 from airflow.sdk.execution_time.context import VariableAccessor
 from airflow.serialization.encoders import coerce_to_core_timetable
 
-from fleetlens.orchestration import BACKFILL_JOB, DAILY_JOBS, HOURLY_JOBS, iso_z
+from fleetlens.orchestration import (
+    BACKFILL_JOB,
+    CAPACITY_REPORT_TASK,
+    DAILY_JOBS,
+    HOURLY_JOBS,
+    iso_z,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO / "dags"
@@ -78,11 +84,22 @@ def test_no_import_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
 
 
+#: Tasks beside the chains of Spark jobs: task -> the task it runs after.
+REPORTS = {"fleetlens_daily": {CAPACITY_REPORT_TASK: "rollup_1d"}}
+
+
 def test_expected_dags_and_tasks(dagbag: DagBag) -> None:
     assert set(dagbag.dag_ids) == set(EXPECTED)
     for dag_id, jobs in EXPECTED.items():
         dag = dagbag.dags[dag_id]
-        bash = [task for task in dag.topological_sort() if isinstance(task, BashOperator)]
+        reports = REPORTS.get(dag_id, {})
+        for task_id, after in reports.items():
+            assert dag.get_task(task_id).upstream_task_ids == {after}, task_id
+        bash = [
+            task
+            for task in dag.topological_sort()
+            if isinstance(task, BashOperator) and task.task_id not in reports
+        ]
         assert tuple(task.task_id for task in bash) == jobs, dag_id
         # A chain: each job waits for the one before it.
         for before, after in itertools.pairwise(bash):
@@ -97,6 +114,8 @@ def test_commands_render_to_cli_jobs(
 
     assert commands, dag_id
     for task_id, argv in commands.items():
+        if task_id in REPORTS.get(dag_id, {}):
+            continue  # test_the_daily_report_covers_the_last_30_days
         executable, group, run, job, *options = argv
         assert executable == str(VENV_BIN / "fleetlens"), argv  # next to sys.executable
         assert (group, run, job) == ("spark", "run", task_id)
@@ -112,6 +131,19 @@ def test_hourly_and_daily_run_their_data_interval(dagbag: DagBag) -> None:
 
     assert hourly[4:] == ["--start", "2026-11-20T23:00:00Z", "--end", "2026-11-21T00:00:00Z"]
     assert daily[4:] == ["--start", "2026-11-20T00:00:00Z", "--end", "2026-11-21T00:00:00Z"]
+
+
+def test_the_daily_report_covers_the_last_30_days(dagbag: DagBag) -> None:
+    argv = rendered_commands(dagbag.dags["fleetlens_daily"])[CAPACITY_REPORT_TASK]
+
+    assert argv[0] == str(VENV_BIN / "fleetlens")
+    assert argv[1:] == [
+        "report", "capacity", "--start", "2026-10-22T00:00:00Z", "--end", "2026-11-21T00:00:00Z",
+    ]  # fmt: skip
+    help_text = subprocess.run(
+        [argv[0], *argv[1:3], "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert help_text.returncode == 0 and "--group-by" in help_text.stdout, help_text.stderr
 
 
 def test_backfill_takes_params(dagbag: DagBag) -> None:

@@ -23,6 +23,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from playwright.sync_api import Page, expect, sync_playwright
 
+from browser import launch_chromium
 from fleetlens.alerts.engine import AlertEngine, AlertEvent
 from fleetlens.alerts.history import AlertHistory
 from fleetlens.alerts.rules import parse_rules
@@ -35,7 +36,6 @@ from fleetlens.simulator.lake import day_floor, rollup_rows, write_simulated_lak
 from ports import free_port
 from speed_layer.sinks import Agg1mTopic
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path("/tmp/dashboard_shots")
 ACME = {"Authorization": "Bearer dev-token-acme"}
 METRICS = {"cpu_pct": 30.0, "mem_pct": 55.0, "disk_pct": 40.0, "latency_ms": 20.0}
@@ -189,10 +189,7 @@ def api_url(settings: Settings) -> Iterator[str]:
 @pytest.fixture
 def page() -> Iterator[Page]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(playwright)
         tab = browser.new_page(viewport={"width": 1600, "height": 1000})
         errors: list[str] = []
         tab.on("pageerror", lambda error: errors.append(str(error)))

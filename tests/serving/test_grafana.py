@@ -14,10 +14,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import sqlglot
-from duck_lake import END, T0, WATERMARKS, connect, simulated_lake, to_duckdb
 from grafana_foundation_sdk.models.dashboard import Dashboard
 from typer.testing import CliRunner
 
+from duck_lake import END, T0, WATERMARKS, connect, simulated_lake, to_duckdb
 from fleetlens.cli.main import app
 from fleetlens.config import Settings, load_settings
 from fleetlens.lake import delta

@@ -14,7 +14,6 @@ import msgspec
 import numpy as np
 import polars as pl
 import pytest
-from landing_reference import landing_points
 
 from fleetlens.config import load_settings
 from fleetlens.demo import ServiceProcess
@@ -25,6 +24,7 @@ from fleetlens.simulator.fleet import Fleet, FleetSpec
 from fleetlens.simulator.history import write_history
 from fleetlens.simulator.live import FaultSpec
 from fleetlens.simulator.stream import simulated_stream
+from landing_reference import landing_points
 from spark_jobs.jobs import JobContext, run_job
 
 pytestmark = [pytest.mark.spark, pytest.mark.broker, pytest.mark.slow]

@@ -14,11 +14,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlglot
-from duck_lake import END, T0, WATERMARKS, connect, simulated_lake
 from polars.testing import assert_frame_equal
 from sqlglot import exp
 from typer.testing import CliRunner
 
+from duck_lake import END, T0, WATERMARKS, connect, simulated_lake
 from fleetlens.cli.main import app
 from fleetlens.config import Settings, load_settings
 from fleetlens.lake.paths import Lake

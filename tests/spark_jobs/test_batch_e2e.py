@@ -17,7 +17,6 @@ import pyarrow as pa
 import pytest
 from datasketches import kll_doubles_sketch
 from deltalake import DeltaTable
-from landing_reference import landing_points
 from pyspark.sql import SparkSession
 
 from fleetlens.config import Settings, load_settings
@@ -25,6 +24,7 @@ from fleetlens.lake.landing import LANDING_SCHEMA, write_landing_file
 from fleetlens.lake.paths import Lake
 from fleetlens.simulator.fleet import Fleet, FleetSpec
 from fleetlens.simulator.history import write_history
+from landing_reference import landing_points
 from spark_jobs import delta_io
 from spark_jobs.jobs import JobContext, run_job
 
