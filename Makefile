@@ -15,6 +15,14 @@ setup: ## Create .venv with the locked dependencies and install Debian packages 
 demo: setup ## Run broker, collector, archiver and a simulated fleet until Ctrl-C
 	$(BIN)/fleetlens demo --servers 300
 
+lab: setup ## JupyterLab on notebooks/, for the current profile's lake (simulated if it is empty)
+	$(BIN)/fleetlens simulate lake --if-empty
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+notebooks: setup ## Run every notebook headless on the profile's lake; HTML in build/notebooks
+	$(BIN)/fleetlens simulate lake --if-empty
+	$(BIN)/fleetlens notebooks run --out build/notebooks
+
 test: setup ## Run the whole test suite (real broker, real lake)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -35,4 +43,4 @@ bench: setup ## Run the benchmarks (figures go to docs/benchmarks.md by hand)
 lock: ## Re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev -p 3.11 -o requirements.lock
 
-.PHONY: help setup demo test lint format typecheck bench lock
+.PHONY: help setup demo lab notebooks test lint format typecheck bench lock

@@ -703,20 +703,23 @@ def simulate_lake(
     servers: Annotated[int, typer.Option(help="Simulated servers.")] = 48,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     if_empty: Annotated[
-        bool, typer.Option("--if-empty", help="Do nothing if the lake has rollups already.")
+        bool, typer.Option("--if-empty", help="Do nothing if the lake holds data already.")
     ] = False,
 ) -> None:
     """Write a simulated lake for the workbench (notebooks, reports) straight into the
     lake's tables: months of daily and hourly rollups, a day of minutes, a live tail."""
     from fleetlens.lake import delta
     from fleetlens.lake.paths import Lake
-    from fleetlens.lake.schemas import ROLLUP_1D
+    from fleetlens.lake.schemas import RAW_POINTS, ROLLUP_1D, SPEED_1M
     from fleetlens.simulator.workbench import WorkbenchShape, write_workbench_lake
 
     settings = _settings(ctx)
     lake = Lake(settings.lake)
-    if if_empty and delta.table_exists(lake, ROLLUP_1D):
-        print(json.dumps({"skipped": f"{ROLLUP_1D} exists in {settings.lake.root}"}))
+    # Simulated rows must not mix with real ones (same server ids, same minutes).
+    found = [t for t in (ROLLUP_1D, SPEED_1M, RAW_POINTS) if delta.table_exists(lake, t)]
+    if if_empty and found:
+        hint = "" if ROLLUP_1D in found else " (no rollup_1d yet: run the batch jobs on it)"
+        print(json.dumps({"skipped": f"{settings.lake.root} holds {', '.join(found)}{hint}"}))
         return
     summary = write_workbench_lake(
         lake,
@@ -725,3 +728,48 @@ def simulate_lake(
         shape=WorkbenchShape(days=days),
     )
     print(json.dumps(summary))
+
+
+notebooks_app = typer.Typer(no_args_is_help=True, help="The analyst notebooks, run headless.")
+app.add_typer(notebooks_app, name="notebooks")
+
+
+@notebooks_app.command("run")
+def notebooks_run(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Notebooks to run (default: all, in order).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where executed copies and HTML go.")] = Path(
+        "build/notebooks"
+    ),
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="NAME=VALUE (YAML), for the notebooks declaring NAME."),
+    ] = None,
+) -> None:
+    """Execute the notebooks on the current profile's lake (papermill) and write an HTML copy
+    of each."""
+    import yaml
+
+    from fleetlens.workbench import NOTEBOOKS, run_notebooks
+
+    settings = _settings(ctx)
+    unknown = sorted(set(names or ()) - set(NOTEBOOKS))
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; one of {', '.join(NOTEBOOKS)}")
+    parameters = {}
+    for item in param or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+        parameters[key] = yaml.safe_load(value)
+    console.print(f"notebooks on {settings.lake.root} -> {out}")
+    runs = run_notebooks(
+        out,
+        names=names or NOTEBOOKS,
+        parameters=parameters,
+        progress=lambda name: console.print(f"running {name}"),
+    )
+    for run in runs:
+        console.print(f"{run.name}: {run.figures} figures, {run.seconds:.1f} s -> {run.html}")

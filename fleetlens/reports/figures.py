@@ -1,5 +1,6 @@
-"""Figures of the workbench (matplotlib, headless): capacity forecasts, heatmaps, and their
-SVG text for reports that must open without a network."""
+"""Figures of the workbench (matplotlib): capacity forecasts, heatmaps, and their SVG text
+for reports that must open without a network. No backend is forced: notebooks keep their
+inline one, and matplotlib falls back to Agg where there is no display."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: reports and notebooks run without a display
 import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl

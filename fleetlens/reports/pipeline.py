@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 
-def consumer_lag(settings: Settings, groups: tuple[str, ...] | None = None) -> pl.DataFrame:
+def consumer_lag(
+    settings: Settings, groups: tuple[str, ...] | None = None, *, timeout_ms: int = 5000
+) -> pl.DataFrame:
     """Per consumer group and partition of the metrics topic: the committed offset, the log
     end and the lag (``end - committed``; the whole partition if nothing is committed).
 
@@ -37,18 +39,19 @@ def consumer_lag(settings: Settings, groups: tuple[str, ...] | None = None) -> p
     after each checkpoint for this purpose; the archiver commits after each fsync.
 
     Raises:
-        kafka.errors.KafkaError: The brokers cannot be reached.
+        kafka.errors.KafkaError: The brokers cannot be reached within ``timeout_ms``.
     """
     topic = settings.kafka.topics.metrics.name
     groups = groups or (settings.archive.group_id, settings.speed.group_id)
-    admin: KafkaAdminClient = make_admin(settings.kafka)
-    consumer = make_consumer(settings.kafka, group_id=None)
+    admin: KafkaAdminClient = make_admin(settings.kafka, bootstrap_timeout_ms=timeout_ms)
+    consumer = make_consumer(settings.kafka, group_id=None, bootstrap_timeout_ms=timeout_ms)
     try:
         partitions = all_partitions(consumer, topic)
         ends = log_end_offsets(consumer, partitions)
         rows = []
         for group in groups:
-            committed = admin.list_consumer_group_offsets(group, partitions=partitions)
+            # One group a request: brokers before OffsetFetch v8 take no more.
+            committed = admin.list_group_offsets({group: partitions}).get(group, {})
             for tp in partitions:
                 found = committed.get(tp)
                 offset = found.offset if found is not None and found.offset >= 0 else None
@@ -76,10 +79,16 @@ def consumer_lag(settings: Settings, groups: tuple[str, ...] | None = None) -> p
     return pl.DataFrame(rows, schema=schema)
 
 
-def dead_letters(settings: Settings, *, limit: int = 100_000) -> pl.DataFrame:
-    """Records in the dead-letter topic (up to ``limit``), counted by stage and reason."""
+def dead_letters(
+    settings: Settings, *, limit: int = 100_000, timeout_ms: int = 5000
+) -> pl.DataFrame:
+    """Records in the dead-letter topic (up to ``limit``), counted by stage and reason.
+
+    Raises:
+        kafka.errors.KafkaError: The brokers cannot be reached within ``timeout_ms``.
+    """
     topic = settings.kafka.topics.dlq.name
-    consumer = make_consumer(settings.kafka, group_id=None)
+    consumer = make_consumer(settings.kafka, group_id=None, bootstrap_timeout_ms=timeout_ms)
     counts: Counter[tuple[str, str]] = Counter()
     try:
         partitions = all_partitions(consumer, topic)
