@@ -17,7 +17,7 @@ demo: setup ## Run broker, collector, archiver and a simulated fleet until Ctrl-
 
 lab: setup ## JupyterLab on notebooks/, for the current profile's lake (simulated if it is empty)
 	$(BIN)/fleetlens simulate lake --if-empty
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 notebooks: setup ## Run every notebook headless on the profile's lake; HTML in build/notebooks
 	$(BIN)/fleetlens simulate lake --if-empty
