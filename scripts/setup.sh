@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Debian packages, .venv/ with the locked dependencies and the project, then
 # the dashboard's static build (npm, from its package-lock.json).
+#   --runtime   what the FleetLens image needs (docker/fleetlens.Dockerfile): no browser and
+#               no docker-compose, which only the tests use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+runtime=0
+[ "${1:-}" = "--runtime" ] && runtime=1
 
 need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
-[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the dashboard's headless-browser test
+((runtime)) || [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the browser tests
 if ((${#need_apt[@]})); then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+# `docker-compose config` validates docker/compose.yaml in the tests; no Docker engine is
+# needed for that (hence no recommends: they would pull docker.io and its daemon).
+if ! ((runtime)) && ! command -v docker-compose >/dev/null 2>&1; then
+  echo "setup: installing Debian packages: docker-compose"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends docker-compose
 fi
 
 PY=${PYTHON:-python3.11}

@@ -39,6 +39,10 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(speed_app, name="speed")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(spark_app, name="spark")
+spark_cluster_app = typer.Typer(
+    no_args_is_help=True, help="A Spark standalone cluster on this machine (loopback)."
+)
+spark_app.add_typer(spark_cluster_app, name="cluster")
 # -- trino and grafana: sub-apps (commands at the end of the file) --------------------------
 trino_app = typer.Typer(no_args_is_help=True, help="Trino over the lake: tables and views.")
 grafana_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards, generated as code.")
@@ -133,6 +137,20 @@ def broker_stop(ctx: typer.Context) -> None:
 
     stopped = EmbeddedBroker(_settings(ctx)).stop()
     print(json.dumps({"stopped": stopped}))
+
+
+@app.command("topics")
+def topics(
+    ctx: typer.Context,
+    action: Annotated[str, typer.Argument(help="ensure: create the missing topics.")] = "ensure",
+) -> None:
+    """Create the topics of ``kafka.topics`` that do not exist (partitions, replication
+    factor as configured) on the configured brokers; print every topic's partitions."""
+    from fleetlens.kafka.clients import ensure_topics
+
+    if action != "ensure":
+        raise typer.BadParameter("the only action is 'ensure'", param_hint="ACTION")
+    print(json.dumps(ensure_topics(_settings(ctx).kafka)))
 
 
 @broker_app.command("status")
@@ -365,6 +383,47 @@ def spark_jobs_list() -> None:
 
     for name in job_names():
         print(name)
+
+
+@spark_cluster_app.command("start")
+def spark_cluster_start(
+    ctx: typer.Context,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Workers (default: spark.cluster.workers).")
+    ] = None,
+) -> None:
+    """Start a master and workers from the installed pyspark; returns once every worker is
+    ALIVE and prints the master URL (for FLEETLENS_SPARK__MASTER)."""
+    from spark_jobs.cluster import SparkCluster
+
+    settings = _settings(ctx)
+    if workers is not None:
+        spark = settings.spark
+        cluster = spark.cluster.model_copy(update={"workers": workers})
+        settings = settings.model_copy(
+            update={"spark": spark.model_copy(update={"cluster": cluster})}
+        )
+    print(SparkCluster(settings).start().master_url)
+
+
+@spark_cluster_app.command("stop")
+def spark_cluster_stop(ctx: typer.Context) -> None:
+    """Stop the cluster's daemons and executors (SIGTERM, then SIGKILL after a grace)."""
+    from spark_jobs.cluster import SparkCluster
+
+    print(json.dumps({"stopped": SparkCluster(_settings(ctx)).stop()}))
+
+
+@spark_cluster_app.command("status")
+def spark_cluster_status(ctx: typer.Context) -> None:
+    """The daemons' pids, the workers ALIVE and the applications, as JSON. Exit 1 if the
+    cluster is not (wholly) running."""
+    from spark_jobs.cluster import SparkCluster
+
+    status = SparkCluster(_settings(ctx)).status()
+    print(json.dumps(vars(status)))
+    if not status.running:
+        raise typer.Exit(1)
 
 
 # -- simulate -------------------------------------------------------------------------------
