@@ -96,7 +96,7 @@ def count_archived(lake: Lake, *, since_ms: int) -> int:
     pattern = lake.uri(Lake.LANDING_METRICS, "**", "*.parquet")
     try:
         frame = (
-            pl.scan_parquet(pattern, hive_partitioning=False)
+            pl.scan_parquet(pattern, hive_partitioning=False, storage_options=lake.polars_options)
             .filter(
                 pl.col("kafka_offset").is_not_null()
                 & (pl.col("ingest_ts").dt.epoch("ms") >= since_ms)

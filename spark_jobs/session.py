@@ -7,6 +7,8 @@ from typing import Final
 from pyspark.sql import SparkSession
 
 from fleetlens.config import Settings
+from fleetlens.lake.paths import Lake
+from fleetlens.lake.storage import S3_SCHEMES, spark_hadoop_conf
 
 __all__ = ["DELTA_EXTENSION", "MODE_CONF", "build_session", "has_delta_spark"]
 
@@ -40,6 +42,11 @@ def build_session(settings: Settings, *, app_name: str | None = None) -> SparkSe
         builder = builder.config("spark.sql.extensions", DELTA_EXTENSION).config(
             "spark.sql.catalog.spark_catalog", _DELTA_CATALOG
         )
+    lake = Lake(settings.lake)
+    if lake.scheme in S3_SCHEMES:
+        # Before spark.conf, so that a setting there wins. Needs hadoop-aws on the classpath.
+        for key, value in spark_hadoop_conf(lake.storage_options).items():
+            builder = builder.config(key, value)
     for key, value in spark.conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -6,8 +6,10 @@ A flush is committed in this order, so that a crash at any point neither loses n
 1. the buffered rows are written, one file per event hour, to a staging folder that readers
    never look at, and fsynced; rejected records are acknowledged by the DLQ topic;
 2. the checkpoint (next offset per partition + the staged files and where they go) replaces
-   the previous one atomically: this is the commit point;
-3. the staged files are renamed into ``landing/metrics/date=…/hour=…/``;
+   the previous one atomically (a rename on a local disk, one whole-object PUT on S3): this
+   is the commit point;
+3. the staged files are moved into ``landing/metrics/date=…/hour=…/`` (renamed on a local
+   disk, copied then deleted on S3: repeatable, see ``_recover``);
 4. the offsets are committed to Kafka too, for lag monitoring only.
 
 On start the archiver finishes the moves of the last checkpoint, deletes staging folders that
@@ -147,7 +149,13 @@ class Archiver:
             for staged, final in checkpoint.staged:
                 src, dst = self._lake.path(staged), self._lake.path(final)
                 if fs.get_file_info(src).type.name == "File":
-                    fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+                    if self._lake.is_local:
+                        fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+                    # On an object store (no folders to create: pyarrow would leave empty
+                    # marker objects) a move is a server-side copy, then a delete of the
+                    # source. The copy appears whole, like any object (see put_object);
+                    # a crash between the two leaves the source, so the next start copies
+                    # the same bytes again: the move is repeated, never half done.
                     fs.move(src, dst)
         # Whatever is still staged belongs to flushes that never committed.
         if self._lake.is_local:

@@ -405,7 +405,7 @@ def read_table(
 
 
 def _options(lake: Lake) -> dict[str, str] | None:
-    return lake.storage_options or None
+    return lake.delta_options
 
 
 def _q(column: str) -> str:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fleetlens.lake.paths import Lake, fsync_dir
+from fleetlens.lake.paths import Lake, fsync_dir, put_object
 
 __all__ = [
     "LANDING_SCHEMA",
@@ -61,11 +61,14 @@ LANDING_ROW_GROUP = 131_072
 
 
 def write_landing_file(lake: Lake, path: str, table: pa.Table) -> None:
-    """Write one Parquet file durably (fsync on local disks) at ``path``."""
+    """Write one Parquet file durably (fsync on local disks) at ``path``; on an object store
+    the file appears whole or not at all (see :func:`~fleetlens.lake.paths.put_object`)."""
     table = table.cast(LANDING_SCHEMA)
     if not lake.is_local:
-        with lake.fs.open_output_stream(path) as out:
-            pq.write_table(table, out, compression="zstd", row_group_size=LANDING_ROW_GROUP)
+        # Encoded in memory first: a failure while encoding must not publish half a file.
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd", row_group_size=LANDING_ROW_GROUP)
+        put_object(lake.fs, path, buffer.getvalue())
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

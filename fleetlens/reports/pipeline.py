@@ -136,7 +136,7 @@ def duplicate_payloads(lake: Lake) -> pl.DataFrame:
     if not files:
         return empty
     return (
-        pl.scan_parquet(files, hive_partitioning=False, storage_options=lake.storage_options)
+        pl.scan_parquet(files, hive_partitioning=False, storage_options=lake.polars_options)
         .select("event_id", "ts")
         .group_by(pl.col("ts").dt.truncate("1h").alias("hour"))
         .agg(payloads=pl.len(), duplicates=pl.len() - pl.col("event_id").n_unique())

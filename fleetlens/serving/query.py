@@ -193,7 +193,9 @@ class _Tables:
         with self.lock:
             table = self.latest(name)
             # polars lists the version's files here, so a later update does not change it.
-            return None if table is None else (pl.scan_delta(table), table.version())
+            if table is None:
+                return None
+            return pl.scan_delta(table, storage_options=self.lake.polars_options), table.version()
 
 
 class QueryEngine:
