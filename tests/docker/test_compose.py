@@ -131,6 +131,22 @@ def test_no_secret_is_committed() -> None:
     )
 
 
+def test_airflow_reaches_its_postgresql_database_with_an_installed_driver(
+    compose: dict[str, Any],
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(compose["services"]["airflow-scheduler"]["environment"][
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+    ])  # fmt: skip
+    assert url.get_backend_name() == "postgresql" and url.host == "airflow-db"
+    # The image's environment is this one: its dialect's driver must be installed.
+    url.get_dialect().import_dbapi()
+    for service in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor"):
+        command = compose["services"][service]["command"]
+        assert command[:2] == ["airflow", command[1]] and command[1] in service, command
+
+
 def test_the_image_installs_the_project_like_make_setup() -> None:
     dockerfile = (DOCKER / "fleetlens.Dockerfile").read_text()
     setup = (REPO / "scripts" / "setup.sh").read_text()
