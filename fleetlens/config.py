@@ -238,6 +238,29 @@ class SimulatorSettings(_Section):
     concurrency: int = 8
 
 
+#: A JVM memory size as Spark spells it: ``512m``, ``2g``.
+_MEMORY = r"^\d+[kmgt]$"
+
+
+class SparkClusterSettings(_Section):
+    """The Spark standalone cluster ``fleetlens spark cluster start`` runs on this machine:
+    a master and workers from the installed pyspark, all on loopback."""
+
+    workers: int = Field(default=2, ge=1)
+    #: Cores and memory each worker offers its executors (one executor per worker and app).
+    worker_cores: int = Field(default=1, ge=1)
+    worker_memory: str = Field(default="2g", pattern=_MEMORY)
+    #: Heap of the master and worker daemons themselves (``SPARK_DAEMON_MEMORY``).
+    daemon_memory: str = Field(default="512m", pattern=_MEMORY)
+    master_port: int = Field(default=7077, ge=1, le=65_535)
+    #: The master's web UI, which also serves the cluster's state as JSON (``/json/``).
+    webui_port: int = Field(default=8080, ge=1, le=65_535)
+    #: How long ``start`` waits for every worker to register ALIVE.
+    startup_timeout_s: float = Field(default=90.0, gt=0)
+    #: How long ``stop`` waits after SIGTERM before SIGKILL.
+    stop_grace_s: float = Field(default=10.0, ge=0)
+
+
 class SparkSettings(_Section):
     """The Spark session of the batch jobs (``spark.master`` is any Spark master URL)."""
 
@@ -251,6 +274,7 @@ class SparkSettings(_Section):
     delta_mode: Literal["auto", "native", "delta-rs"] = "auto"
     #: Extra Spark configuration, e.g. ``spark.executor.memory`` for a cluster.
     conf: dict[str, str] = {}
+    cluster: SparkClusterSettings = SparkClusterSettings()
 
 
 class RetentionSettings(_Section):

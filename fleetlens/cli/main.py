@@ -386,24 +386,13 @@ def spark_jobs_list() -> None:
 
 
 @spark_cluster_app.command("start")
-def spark_cluster_start(
-    ctx: typer.Context,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Workers (default: spark.cluster.workers).")
-    ] = None,
-) -> None:
-    """Start a master and workers from the installed pyspark; returns once every worker is
-    ALIVE and prints the master URL (for FLEETLENS_SPARK__MASTER)."""
+def spark_cluster_start(ctx: typer.Context) -> None:
+    """Start a master and ``spark.cluster.workers`` workers from the installed pyspark;
+    returns once every worker is ALIVE and prints the master URL (for
+    FLEETLENS_SPARK__MASTER)."""
     from spark_jobs.cluster import SparkCluster
 
-    settings = _settings(ctx)
-    if workers is not None:
-        spark = settings.spark
-        cluster = spark.cluster.model_copy(update={"workers": workers})
-        settings = settings.model_copy(
-            update={"spark": spark.model_copy(update={"cluster": cluster})}
-        )
-    print(SparkCluster(settings).start().master_url)
+    print(SparkCluster(_settings(ctx)).start().master_url)
 
 
 @spark_cluster_app.command("stop")
