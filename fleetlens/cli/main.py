@@ -751,7 +751,12 @@ def simulate_lake(
     servers: Annotated[int, typer.Option(help="Simulated servers.")] = 48,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     if_empty: Annotated[
-        bool, typer.Option("--if-empty", help="Do nothing if the lake holds data already.")
+        bool,
+        typer.Option(
+            "--if-empty",
+            help="Do nothing if the lake has batch history; behind live data only (the demo's),"
+            " write the history without the live tables.",
+        ),
     ] = False,
 ) -> None:
     """Write a simulated lake for the workbench (notebooks, reports) straight into the
@@ -763,17 +768,19 @@ def simulate_lake(
 
     settings = _settings(ctx)
     lake = Lake(settings.lake)
-    # Simulated rows must not mix with real ones (same server ids, same minutes).
-    found = [t for t in (ROLLUP_1D, SPEED_1M, RAW_POINTS) if delta.table_exists(lake, t)]
-    if if_empty and found:
-        hint = "" if ROLLUP_1D in found else " (no rollup_1d yet: run the batch jobs on it)"
-        print(json.dumps({"skipped": f"{settings.lake.root} holds {', '.join(found)}{hint}"}))
+    # Simulated rows must not mix with real ones: with batch history there, nothing is
+    # written; behind live data only (the demo's speed_1m), the history but no live tables.
+    history = [t for t in (ROLLUP_1D, RAW_POINTS) if delta.table_exists(lake, t)]
+    if if_empty and history:
+        print(json.dumps({"skipped": f"{settings.lake.root} holds {', '.join(history)}"}))
         return
+    live = not delta.table_exists(lake, SPEED_1M)
     summary = write_workbench_lake(
         lake,
         _fleet(settings, servers, seed),
         end=datetime.now(UTC),
         shape=WorkbenchShape(days=days),
+        live=live or not if_empty,
     )
     print(json.dumps(summary))
 

@@ -109,6 +109,7 @@ def write_workbench_lake(
     end: datetime,
     shape: WorkbenchShape = WorkbenchShape(),
     late_topic: str = "fleet.metrics.v1",
+    live: bool = True,
 ) -> dict[str, Any]:
     """Write the workbench's lake for the history ending at ``end`` (floored to the minute).
 
@@ -117,6 +118,11 @@ def write_workbench_lake(
     Also written: landing files of the last ``shape.landing_hours`` with duplicated
     payloads, a few quarantined rows, late-sample counts, and quality reports of the minute
     tier's hours (one of them failed).
+
+    Args:
+        live: Also write what the live pipeline writes (``speed_1m``, ``speed_late_1m``,
+            landing files); False behind a lake that holds live data already (the demo's),
+            whose windows the simulated ones would otherwise duplicate.
 
     Returns:
         What was written: rows per table, the interval, the watermarks.
@@ -160,12 +166,25 @@ def write_workbench_lake(
         event_id=pl.format("sim-{}-{}", pl.col("server_id"), pl.col("ts").dt.epoch("ms")),
         ingest_ts=pl.col("ts"),
     ))  # fmt: skip
+    watermarks = {ROLLUP_1M: boundary, ROLLUP_1H: boundary, ROLLUP_1D: midnight}
+    write_watermarks(lake, watermarks, run_id="workbench")
+    written[QUARANTINE] = _write_quarantine(lake, fine.filter(before), seed=fleet.spec.seed)
+    written["quality_reports"] = _write_quality_reports(
+        lake, start=fine_start, end=boundary, failed=boundary - timedelta(hours=5)
+    )
+    summary = {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "servers": fleet.spec.servers,
+        "rows": written,
+        "watermarks": {table: mark.isoformat() for table, mark in watermarks.items()},
+    }
+    if not live:
+        return summary
+
     speed = rollup_rows(fine.filter(~before), window_s=60)
     write_table(lake, SPEED_1M, speed.with_columns(emitted_at=pl.lit(end)), SPEED_1M_SCHEMA, ())
     written[SPEED_1M] = speed.height
-    watermarks = {ROLLUP_1M: boundary, ROLLUP_1H: boundary, ROLLUP_1D: midnight}
-    write_watermarks(lake, watermarks, run_id="workbench")
-
     landing = write_history(
         fleet,
         lake,
@@ -175,7 +194,6 @@ def write_workbench_lake(
         duplicate_fraction=shape.duplicate_fraction,
     )
     written["landing_payloads"] = landing.payloads
-    written[QUARANTINE] = _write_quarantine(lake, fine.filter(before), seed=fleet.spec.seed)
     rng = np.random.default_rng([fleet.spec.seed, 11])
     minutes = pl.datetime_range(boundary, end, "1m", closed="left", eager=True)
     late = [
@@ -187,16 +205,7 @@ def write_workbench_lake(
     ]
     LateTable(lake).upsert(late, updated_at_ms=end_s * 1000)
     written["late_windows"] = len(late)
-    written["quality_reports"] = _write_quality_reports(
-        lake, start=fine_start, end=boundary, failed=boundary - timedelta(hours=5)
-    )
-    return {
-        "start": start.isoformat(),
-        "end": end.isoformat(),
-        "servers": fleet.spec.servers,
-        "rows": written,
-        "watermarks": {table: mark.isoformat() for table, mark in watermarks.items()},
-    }
+    return summary
 
 
 _QUARANTINE_REASONS = ("value out of range", "unknown metric", "timestamp too far ahead")
