@@ -35,17 +35,13 @@ from fleetlens.config import Settings, load_settings
 from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import (
-    HOUR_PARTITIONS,
     ROLLUP_1D,
-    ROLLUP_1D_SCHEMA,
     ROLLUP_1H,
     ROLLUP_1M,
-    ROLLUP_HOURLY_SCHEMA,
     SPEED_1M,
-    SPEED_1M_SCHEMA,
 )
 from fleetlens.serving.query import QueryEngine, select_rows
-from fleetlens.simulator.lake import write_table, write_watermarks
+from fleetlens.simulator.lake import write_tier, write_watermarks
 
 SERVICES = ("api", "web", "db", "cache", "queue", "search")
 METRIC = "cpu_pct"
@@ -131,34 +127,25 @@ def build_lake(settings: Settings, *, servers: int, now: datetime) -> dict[str, 
     midnight = hour.replace(hour=0) - timedelta(days=1)
     year = midnight - timedelta(days=364)
 
-    write = partial(write_table, lake)
-
-    def hourly(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.with_columns(
-            date=pl.col("window_start").dt.strftime("%Y-%m-%d"),
-            hour=pl.col("window_start").dt.hour().cast(pl.Int32),
-        )
+    write = partial(write_tier, lake)
 
     say("lake: rollup_1m (7 days)")
     for day in range(7):
         begin = boundary - timedelta(days=7 - day)
-        write(ROLLUP_1M, hourly(_windows(servers, begin, begin + timedelta(days=1), 60, day)),
-              ROLLUP_HOURLY_SCHEMA, HOUR_PARTITIONS)  # fmt: skip
+        write(ROLLUP_1M, _windows(servers, begin, begin + timedelta(days=1), 60, day))
     say("lake: rollup_1h (a year)")
     for month in range(13):
         begin = year + timedelta(days=30 * month)
         finish = min(begin + timedelta(days=30), boundary)
         if begin < finish:
-            write(ROLLUP_1H, hourly(_windows(servers, begin, finish, 3600, 100 + month)),
-                  ROLLUP_HOURLY_SCHEMA, HOUR_PARTITIONS)  # fmt: skip
+            write(ROLLUP_1H, _windows(servers, begin, finish, 3600, 100 + month))
     say("lake: rollup_1d, speed_1m, watermarks")
     daily = _windows(servers, year, midnight, 86400, 200)
-    write(ROLLUP_1D, daily.with_columns(date=pl.col("window_start").dt.strftime("%Y-%m-%d")),
-          ROLLUP_1D_SCHEMA, ("date",))  # fmt: skip
+    write(ROLLUP_1D, daily)
     speed = _windows(
         servers, hour - timedelta(hours=6), now.replace(second=0, microsecond=0), 60, 300
     )
-    write(SPEED_1M, speed.with_columns(emitted_at=pl.lit(now)), SPEED_1M_SCHEMA, ())
+    write(SPEED_1M, speed.with_columns(emitted_at=pl.lit(now)))
     marks = {ROLLUP_1M: boundary, ROLLUP_1H: boundary, ROLLUP_1D: midnight}
     write_watermarks(lake, marks, run_id="bench")
     return marks

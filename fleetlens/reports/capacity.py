@@ -23,6 +23,7 @@ from fleetlens.config import Settings
 from fleetlens.reports.figures import forecast_grid, to_svg
 from fleetlens.reports.forecast import CapacityForecast, forecast_capacity, linear_trend
 from fleetlens.serving.query import QueryEngine
+from fleetlens.serving.tiers import day_floor
 
 __all__ = ["GROUPINGS", "CapacityReport", "daily_history", "servers_at_risk", "write_report"]
 
@@ -40,10 +41,6 @@ class CapacityReport:
     tables: dict[str, Path]
     forecast: CapacityForecast
     at_risk: pl.DataFrame
-
-
-def _midnight(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def daily_history(
@@ -158,7 +155,7 @@ def write_report(
     """
     if group_by not in GROUPINGS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPINGS)}, not {group_by!r}")
-    start, end = _midnight(start), _midnight(end)
+    start, end = day_floor(start), day_floor(end)
     if end - start < timedelta(days=8):
         raise ValueError("the report needs at least 8 whole days between start and end")
     config = settings.report

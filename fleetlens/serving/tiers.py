@@ -43,6 +43,7 @@ __all__ = [
     "Segment",
     "StepError",
     "Tier",
+    "day_floor",
     "format_step",
     "parse_step",
     "plan_query",
@@ -178,6 +179,11 @@ class QueryPlan:
 def _floor(moment: datetime, step_s: int) -> datetime:
     seconds = math.floor(moment.timestamp() / step_s) * step_s
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def day_floor(moment: datetime) -> datetime:
+    """Midnight UTC of ``moment``'s day (the start of its ``rollup_1d`` window)."""
+    return _floor(moment, 86_400)
 
 
 def _ceil(moment: datetime, step_s: int) -> datetime:

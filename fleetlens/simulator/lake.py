@@ -34,14 +34,17 @@ from fleetlens.lake.schemas import (
     WATERMARK_SCHEMA,
     WATERMARKS,
 )
+from fleetlens.serving.tiers import day_floor  # re-exported: the simulated lakes' callers use it
 
 __all__ = [
     "POINT_SCHEMA",
     "day_floor",
     "partitioned",
+    "raw_rows",
     "rollup_rows",
     "write_simulated_lake",
     "write_table",
+    "write_tier",
     "write_watermarks",
 ]
 
@@ -129,27 +132,43 @@ def write_simulated_lake(
     """
     now = datetime.now(UTC)
     if raw:
-        rows = partitioned(points, "ts", hourly=True).with_columns(
-            event_id=pl.format("sim-{}-{}", pl.col("server_id"), pl.col("ts").dt.epoch("ms")),
-            ingest_ts=pl.col("ts"),
-        )
-        write_table(lake, RAW_POINTS, rows, RAW_POINTS_SCHEMA, HOUR_PARTITIONS)
-    for name, window_s in ((ROLLUP_1M, 60), (ROLLUP_1H, 3600)):
-        rollups = partitioned(
-            rollup_rows(points, window_s=window_s, sketch_k=sketch_k), "window_start", hourly=True
-        )
-        write_table(lake, name, rollups, ROLLUP_HOURLY_SCHEMA, HOUR_PARTITIONS)
-    daily = partitioned(
-        rollup_rows(points, window_s=86400, sketch_k=sketch_k), "window_start", hourly=False
-    )
-    write_table(lake, ROLLUP_1D, daily, ROLLUP_1D_SCHEMA, ("date",))
+        write_tier(lake, RAW_POINTS, raw_rows(points))
+    for name, window_s in ((ROLLUP_1M, 60), (ROLLUP_1H, 3600), (ROLLUP_1D, 86_400)):
+        write_tier(lake, name, rollup_rows(points, window_s=window_s, sketch_k=sketch_k))
     seen = points if speed_points is None else speed_points
     speed = rollup_rows(seen, window_s=60, sketch_k=sketch_k)
     start = speed_from or min(watermarks.values(), default=None)
     if start is not None:
         speed = speed.filter(pl.col("window_start") >= start)
-    write_table(lake, SPEED_1M, speed.with_columns(emitted_at=pl.lit(now)), SPEED_1M_SCHEMA, ())
+    write_tier(lake, SPEED_1M, speed.with_columns(emitted_at=pl.lit(now)))
     write_watermarks(lake, watermarks, run_id="simulated")
+
+
+#: Per table: its schema, partition columns, and the time column they are derived from.
+_LAYOUTS: dict[str, tuple[pa.Schema, tuple[str, ...], str]] = {
+    RAW_POINTS: (RAW_POINTS_SCHEMA, HOUR_PARTITIONS, "ts"),
+    ROLLUP_1M: (ROLLUP_HOURLY_SCHEMA, HOUR_PARTITIONS, "window_start"),
+    ROLLUP_1H: (ROLLUP_HOURLY_SCHEMA, HOUR_PARTITIONS, "window_start"),
+    ROLLUP_1D: (ROLLUP_1D_SCHEMA, ("date",), "window_start"),
+    SPEED_1M: (SPEED_1M_SCHEMA, (), "window_start"),
+}
+
+
+def raw_rows(points: pl.DataFrame) -> pl.DataFrame:
+    """``points`` as ``raw_points`` rows: a simulated ``event_id`` and ``ingest_ts``."""
+    return points.with_columns(
+        event_id=pl.format("sim-{}-{}", pl.col("server_id"), pl.col("ts").dt.epoch("ms")),
+        ingest_ts=pl.col("ts"),
+    )
+
+
+def write_tier(lake: Lake, name: str, frame: pl.DataFrame) -> None:
+    """Append ``frame`` to ``name`` (a table of :data:`_LAYOUTS`) with its production
+    layout: the partition columns derived from its time column, its schema and partitions."""
+    schema, parts, column = _LAYOUTS[name]
+    if parts:
+        frame = partitioned(frame, column, hourly="hour" in parts)
+    write_table(lake, name, frame, schema, parts)
 
 
 def write_table(
@@ -178,8 +197,3 @@ def write_watermarks(lake: Lake, watermarks: Mapping[str, datetime], *, run_id: 
     )
     delta.ensure_table(lake, WATERMARKS, schema=WATERMARK_SCHEMA)
     delta.upsert(lake, WATERMARKS, marks.to_arrow(), key=["table_name"])
-
-
-def day_floor(moment: datetime) -> datetime:
-    """Midnight UTC of ``moment``'s day."""
-    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -26,14 +26,10 @@ from fleetlens.lake.schemas import (
     QUARANTINE,
     QUARANTINE_SCHEMA,
     RAW_POINTS,
-    RAW_POINTS_SCHEMA,
     ROLLUP_1D,
-    ROLLUP_1D_SCHEMA,
     ROLLUP_1H,
     ROLLUP_1M,
-    ROLLUP_HOURLY_SCHEMA,
     SPEED_1M,
-    SPEED_1M_SCHEMA,
 )
 from fleetlens.simulator.fleet import METRICS, Fleet
 from fleetlens.simulator.history import write_history
@@ -41,8 +37,9 @@ from fleetlens.simulator.lake import (
     POINT_SCHEMA,
     day_floor,
     partitioned,
+    raw_rows,
     rollup_rows,
-    write_table,
+    write_tier,
     write_watermarks,
 )
 
@@ -145,27 +142,19 @@ def write_workbench_lake(
     )
     written: dict[str, int] = {}
 
-    def put(name: str, frame: pl.DataFrame, *, hourly: bool = True) -> None:
-        column = "ts" if name == RAW_POINTS else "window_start"
-        schema = {RAW_POINTS: RAW_POINTS_SCHEMA, ROLLUP_1D: ROLLUP_1D_SCHEMA}.get(
-            name, ROLLUP_HOURLY_SCHEMA
-        )
-        parts = HOUR_PARTITIONS if hourly else ("date",)
-        write_table(lake, name, partitioned(frame, column, hourly=hourly), schema, parts)
+    def put(name: str, frame: pl.DataFrame) -> None:
+        write_tier(lake, name, frame)
         written[name] = written.get(name, 0) + frame.height
 
     before = pl.col("ts") < boundary
     daily = rollup_rows(coarse.filter(pl.col("ts") < midnight), window_s=86_400)
-    put(ROLLUP_1D, daily, hourly=False)
+    put(ROLLUP_1D, daily)
     put(ROLLUP_1H, rollup_rows(
         coarse.filter(pl.col("ts") >= hourly_start, pl.col("ts") < fine_start), window_s=3600
     ))  # fmt: skip
     put(ROLLUP_1H, rollup_rows(fine.filter(before), window_s=3600))
     put(ROLLUP_1M, rollup_rows(fine.filter(before), window_s=60))
-    put(RAW_POINTS, fine.filter(before).with_columns(
-        event_id=pl.format("sim-{}-{}", pl.col("server_id"), pl.col("ts").dt.epoch("ms")),
-        ingest_ts=pl.col("ts"),
-    ))  # fmt: skip
+    put(RAW_POINTS, raw_rows(fine.filter(before)))
     watermarks = {ROLLUP_1M: boundary, ROLLUP_1H: boundary, ROLLUP_1D: midnight}
     write_watermarks(lake, watermarks, run_id="workbench")
     written[QUARANTINE] = _write_quarantine(lake, fine.filter(before), seed=fleet.spec.seed)
@@ -182,9 +171,10 @@ def write_workbench_lake(
     if not live:
         return summary
 
-    speed = rollup_rows(fine.filter(~before), window_s=60)
-    write_table(lake, SPEED_1M, speed.with_columns(emitted_at=pl.lit(end)), SPEED_1M_SCHEMA, ())
-    written[SPEED_1M] = speed.height
+    put(
+        SPEED_1M,
+        rollup_rows(fine.filter(~before), window_s=60).with_columns(emitted_at=pl.lit(end)),
+    )
     landing = write_history(
         fleet,
         lake,
