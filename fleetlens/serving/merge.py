@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -26,8 +26,8 @@ __all__ = [
     "AggregateError",
     "last_window",
     "merge_buckets",
-    "needs_sketches",
     "parse_aggregates",
+    "partial_columns",
     "points_to_buckets",
     "quantile_of",
     "segment_rows",
@@ -57,6 +57,7 @@ _STORED = {0.5: "p50", 0.95: "p95", 0.99: "p99"}
 _QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?)$")
 #: Inclusive ranks, as the rollups' stored quantiles were computed (Spark and speed layer).
 _INCLUSIVE = True
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class AggregateError(ValueError):
@@ -99,7 +100,14 @@ def _bucket(column: str, plan: QueryPlan) -> pl.Expr:
 
 def segment_rows(segment: Segment, column: str = "window_start") -> list[pl.Expr]:
     """The filter of the rows a segment takes from its table."""
-    return [pl.col(column) >= segment.start, pl.col(column) < segment.end]
+    return [pl.col(column) >= _instant(segment.start), pl.col(column) < _instant(segment.end)]
+
+
+def _instant(moment: datetime) -> pl.Expr:
+    # A literal from epoch microseconds: polars converts an aware datetime through its time
+    # zone (0.3 ms each, several per query).
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    return pl.lit(micros, pl.Int64).cast(pl.Datetime("us", "UTC"))
 
 
 def select_segments(plan: QueryPlan, frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -119,7 +127,7 @@ def merge_buckets(
     """One row per bucket of ``plan.step_s`` and group, from window aggregates.
 
     Args:
-        partials: Rows with :data:`PARTIAL_COLUMNS`, from windows that do not overlap (the
+        partials: Rows with :func:`partial_columns`, from windows that do not overlap (the
             plan's segments) and are no wider than the step.
         plan: The query plan (its step; its range, which the rows must already be within).
         group_by: Key columns of a series (``server_id``, or tags); empty: one series.
@@ -131,6 +139,16 @@ def merge_buckets(
     """
     quantiles = {name: q for name in aggs if (q := quantile_of(name)) is not None}
     keys = ["window_start", *group_by]
+    if _is_projection(plan, group_by, aggs):
+        # Every bucket is one window and every quantile is stored beside it: the answer is
+        # a projection, sorted once it is narrow (the sort is most of its time).
+        return partials.select(
+            *keys,
+            *(
+                (_SINGLE[a] if a in _SINGLE else pl.col(_STORED[quantiles[a]])).alias(a)
+                for a in aggs
+            ),
+        ).sort(keys)
     if _one_window_per_bucket(plan, group_by):
         # Each window is a bucket of its own: a row per server, metric and window already.
         grouped = partials.with_columns(_windows=pl.lit(1, pl.UInt32))
@@ -152,17 +170,39 @@ def merge_buckets(
     return out.select(*keys, *(pl.col(a) for a in aggs)).sort(keys)
 
 
+#: A one-window bucket's aggregates, from the window's own columns.
+_SINGLE = {
+    **{a: pl.col(a) for a in AGGREGATES if a != "avg"},
+    "avg": pl.col("sum") / pl.col("count"),
+}
+#: The partial columns each aggregate of a one-window bucket reads.
+_SINGLE_READS = {"avg": ("count", "sum"), **{a: (a,) for a in AGGREGATES if a != "avg"}}
+
+
 def _one_window_per_bucket(plan: QueryPlan, group_by: Sequence[str]) -> bool:
     return "server_id" in group_by and all(s.resolution_s == plan.step_s for s in plan.segments)
 
 
-def needs_sketches(plan: QueryPlan, group_by: Sequence[str], aggs: Sequence[str]) -> bool:
-    """Whether :func:`merge_buckets` reads the ``sketch`` column: not when every bucket is
-    one window and every quantile asked for is stored beside it (p50, p95, p99)."""
-    quantiles = [q for a in aggs if (q := quantile_of(a)) is not None]
-    if not quantiles:
-        return False
-    return not (_one_window_per_bucket(plan, group_by) and all(q in _STORED for q in quantiles))
+def _is_projection(plan: QueryPlan, group_by: Sequence[str], aggs: Sequence[str]) -> bool:
+    stored = all(q in _STORED for a in aggs if (q := quantile_of(a)) is not None)
+    return stored and _one_window_per_bucket(plan, group_by)
+
+
+def partial_columns(
+    plan: QueryPlan, group_by: Sequence[str], aggs: Sequence[str]
+) -> tuple[str, ...]:
+    """The columns of :data:`PARTIAL_COLUMNS` that :func:`merge_buckets` reads for this
+    query: a scan need not read the others (the ``sketch`` column, the widest, only when a
+    bucket merges several windows or asks for a quantile that is not stored)."""
+    keys = ("window_start", *group_by)
+    if _is_projection(plan, group_by, aggs):
+        reads = (c for a in aggs for c in _SINGLE_READS.get(a, ()))
+        stored = (_STORED[q] for a in aggs if (q := quantile_of(a)) is not None)
+        return tuple(dict.fromkeys((*keys, *reads, *stored)))
+    columns = (*keys, "count", "sum", "min", "max", "last", "last_ts")
+    if any(quantile_of(a) is not None for a in aggs):
+        columns += ("p50", "p95", "p99", "sketch")
+    return columns
 
 
 def _quantiles(frame: pl.DataFrame, quantiles: Mapping[str, float]) -> list[pl.Series]:

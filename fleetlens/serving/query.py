@@ -36,10 +36,9 @@ from fleetlens.serving.merge import (
     AggregateError,
     last_window,
     merge_buckets,
-    needs_sketches,
     parse_aggregates,
+    partial_columns,
     points_to_buckets,
-    quantile_of,
     segment_rows,
 )
 from fleetlens.serving.tiers import (
@@ -174,6 +173,10 @@ class _Tables:
 
     lake: Lake
     open: dict[str, DeltaTable] = field(default_factory=dict)
+    #: Per table, the scan of its latest version seen: polars resolves a scan's file list
+    #: (and its partition values and statistics) once per LazyFrame, which is most of a
+    #: query's time over a table of thousands of files (rollup_1h: 8,760 a year).
+    scans: dict[str, tuple[int, pl.LazyFrame]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def latest(self, name: str) -> DeltaTable | None:
@@ -192,10 +195,18 @@ class _Tables:
         """A scan of the table's latest version and that version; None if it does not exist."""
         with self.lock:
             table = self.latest(name)
-            # polars lists the version's files here, so a later update does not change it.
+            # polars lists the files when a scan is collected, of the version the table
+            # object is at by then: a concurrent update can make a query read a newer (still
+            # consistent) version than the one its cache key names, an entry no later query
+            # looks up, as versions only move forward.
             if table is None:
                 return None
-            return pl.scan_delta(table, storage_options=self.lake.polars_options), table.version()
+            version = table.version()
+            cached = self.scans.get(name)
+            if cached is None or cached[0] != version:
+                scan = pl.scan_delta(table, storage_options=self.lake.polars_options)
+                cached = self.scans[name] = (version, scan)
+            return cached[1], version
 
 
 class QueryEngine:
@@ -382,12 +393,7 @@ class QueryEngine:
         tenant: str | None,
     ) -> tuple[pl.DataFrame, datetime | None]:
         """The answer, and the latest speed-layer window in it (for freshness)."""
-        needed = ["window_start", *keys, "count", "sum", "min", "max", "last", "last_ts"]
-        if any(quantile_of(a) is not None for a in aggs):
-            needed += ["p50", "p95", "p99"]
-            # Sketches are the widest column: read only when a bucket has to merge them.
-            if needs_sketches(plan, keys, aggs):
-                needed.append("sketch")
+        needed = partial_columns(plan, keys, aggs)
         scans: list[pl.LazyFrame] = []
         for segment in plan.segments:
             found = versions.get(segment.table)

@@ -12,6 +12,7 @@ reference leaves exactly those out (the query engine reports how many, from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -27,6 +28,7 @@ from fleetlens.serving.merge import (
     AggregateError,
     merge_buckets,
     parse_aggregates,
+    partial_columns,
     points_to_buckets,
     select_segments,
 )
@@ -163,7 +165,7 @@ def test_merged_answer_equals_the_exact_answer_from_all_points(
             assert below - RANK_EPS <= q <= rank + RANK_EPS, (name, row[name], len(bucket))
 
 
-def _frame_at(minutes: list[int], values: list[float]) -> pl.DataFrame:
+def _frame_at(minutes: Sequence[float], values: list[float]) -> pl.DataFrame:
     points = pl.DataFrame(
         {
             "ts": [T0 + timedelta(minutes=m) for m in minutes],
@@ -223,6 +225,37 @@ def test_a_bucket_of_one_window_reuses_its_stored_quantiles() -> None:
     got = merge_buckets(rows, plan=plan, group_by=(), aggs=("p95", "p90"))
     assert got["p95"].to_list() == [-1.0] * 10  # stored, not recomputed
     assert got["p90"].to_list() == [float(v) for v in range(10)]  # from the sketch
+
+
+@pytest.mark.parametrize(
+    ("step_s", "group_by", "aggs", "reads_sketch"),
+    [
+        (60, ("server_id",), ("avg", "p95", "last"), False),  # one window a bucket: a projection
+        (60, ("server_id",), ("p90",), True),  # not stored: from the sketch
+        (300, ("server_id",), ("avg", "p95"), True),  # five windows a bucket
+        (60, ("service",), ("max", "p99"), True),  # servers merged
+    ],
+)
+def test_a_merge_reads_only_the_columns_it_says(
+    step_s: int, group_by: tuple[str, ...], aggs: tuple[str, ...], reads_sketch: bool
+) -> None:
+    seconds = range(0, 900, 7)
+    points = _frame_at([s / 60 for s in seconds], [float(s % 13) for s in seconds])
+    rows = rollup_rows(points, window_s=60)
+    plan = plan_query(
+        start=T0,
+        end=T0 + timedelta(minutes=15),
+        step_s=step_s,
+        watermarks={ROLLUP_1M: T0 + timedelta(hours=1)},
+        retention=RetentionSettings(),
+        now=NOW,
+    )
+    columns = partial_columns(plan, group_by, aggs)
+    assert ("sketch" in columns) is reads_sketch
+    narrow = merge_buckets(rows.select(columns), plan=plan, group_by=group_by, aggs=aggs)
+    assert narrow.equals(merge_buckets(rows, plan=plan, group_by=group_by, aggs=aggs))
+    assert narrow.columns == ["window_start", *group_by, *aggs]
+    assert narrow.height == 15 * 60 // step_s
 
 
 def test_unknown_aggregates_are_refused_with_the_allowed_ones() -> None:
