@@ -79,7 +79,7 @@ def _aggregate(window: OpenWindow, k: int) -> pa.Table:
         sketch = kll_doubles_sketch(k)
         sketch.update(ordered[a:b])
         sketches.append(sketch.serialize())
-    p = _exact_quantiles(ordered[np.lexsort((ordered, grouped))], starts, counts)
+    p = _exact_quantiles(ordered, starts, counts, k)
     for row in np.flatnonzero(counts > k).tolist():
         # More samples than the sketch keeps exactly: its estimate, as Spark would read it.
         sketch = kll_doubles_sketch.deserialize(sketches[row])
@@ -109,15 +109,23 @@ def _aggregate(window: OpenWindow, k: int) -> pa.Table:
     return pa.table(columns, schema=SPEED_1M_SCHEMA.remove(len(SPEED_1M_SCHEMA) - 1))
 
 
-def _exact_quantiles(by_value: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """p50/p95/p99 of each group of ``by_value`` (sorted by group, then value), by inclusive
-    rank: the first value whose rank reaches ``q`` (``ceil(q * n)``-th smallest).
+def _exact_quantiles(
+    grouped: np.ndarray, starts: np.ndarray, counts: np.ndarray, k: int
+) -> np.ndarray:
+    """p50/p95/p99 of each group of ``grouped`` (values by group, ``starts``/``counts``), by
+    inclusive rank: the first value whose rank reaches ``q`` (``ceil(q * n)``-th smallest).
+    Groups of more than ``k`` values are left NaN (their sketch estimates instead).
 
     What a KLL sketch answers while it holds all its samples (at most ``k``), computed for
-    all groups at once instead of one ``get_quantiles`` call each.
+    all groups at once instead of one ``get_quantiles`` call each: the groups of each size
+    are sorted together as the rows of one matrix (a window holds few sizes; a lexsort of
+    all values by group and value took 3x as long).
     """
-    out = np.empty((len(starts), len(QUANTILES)), np.float64)
-    for column, q in enumerate(QUANTILES):
-        rank = np.maximum(np.ceil(q * counts).astype(np.int64), 1)
-        out[:, column] = by_value[starts + rank - 1]
+    out = np.full((len(starts), len(QUANTILES)), np.nan)
+    for size in np.unique(counts[counts <= k]).tolist():
+        rows = np.flatnonzero(counts == size)
+        block = np.sort(grouped[starts[rows, None] + np.arange(size)], axis=1)
+        for column, q in enumerate(QUANTILES):
+            rank = max(int(np.ceil(q * size)), 1)
+            out[rows, column] = block[:, rank - 1]
     return out

@@ -78,6 +78,23 @@ def test_quantiles_are_the_sketchs_own_answers(samples: int) -> None:
         assert [row["p50"], row["p95"], row["p99"]] == sketch.get_quantiles([0.5, 0.95, 0.99], True)
 
 
+def test_quantiles_of_windows_of_many_sizes_at_once() -> None:
+    # Keys of different sample counts in one window (their quantiles are computed by size).
+    rng = random.Random(7)
+    window = OpenWindow(0)
+    sizes = {f"s{i}": size for i, size in enumerate([1, 2, 3, 3, 5, 8, 13, 200, 201, 250])}
+    for server, size in sizes.items():
+        for i in range(size):
+            window.add(event(i, round(rng.uniform(-5, 5), rng.choice([0, 2])), server=server))
+    got = rows([window])
+    assert {row["server_id"]: kll_doubles_sketch.deserialize(row["sketch"]).n for row in got} == (
+        sizes
+    )
+    for row in got:
+        sketch = kll_doubles_sketch.deserialize(row["sketch"])
+        assert [row["p50"], row["p95"], row["p99"]] == sketch.get_quantiles([0.5, 0.95, 0.99], True)
+
+
 def test_events_with_different_metric_sets_share_a_window() -> None:
     window = OpenWindow(0)
     window.add(event(1_000, 5.0, server="a", mem_pct=50.0))
