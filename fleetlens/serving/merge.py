@@ -142,13 +142,7 @@ def merge_buckets(
     if _is_projection(plan, group_by, aggs):
         # Every bucket is one window and every quantile is stored beside it: the answer is
         # a projection, sorted once it is narrow (the sort is most of its time).
-        return partials.select(
-            *keys,
-            *(
-                (_SINGLE[a] if a in _SINGLE else pl.col(_STORED[quantiles[a]])).alias(a)
-                for a in aggs
-            ),
-        ).sort(keys)
+        return partials.select(*keys, *_projected(aggs)).sort(keys)
     if _one_window_per_bucket(plan, group_by):
         # Each window is a bucket of its own: a row per server, metric and window already.
         grouped = partials.with_columns(_windows=pl.lit(1, pl.UInt32))
@@ -175,12 +169,18 @@ _SINGLE = {
     **{a: pl.col(a) for a in AGGREGATES if a != "avg"},
     "avg": pl.col("sum") / pl.col("count"),
 }
-#: The partial columns each aggregate of a one-window bucket reads.
-_SINGLE_READS = {"avg": ("count", "sum"), **{a: (a,) for a in AGGREGATES if a != "avg"}}
 
 
 def _one_window_per_bucket(plan: QueryPlan, group_by: Sequence[str]) -> bool:
     return "server_id" in group_by and all(s.resolution_s == plan.step_s for s in plan.segments)
+
+
+def _projected(aggs: Sequence[str]) -> list[pl.Expr]:
+    """Each aggregate of one-window buckets whose quantiles are all stored, as a column."""
+    return [
+        (_SINGLE[a] if a in _SINGLE else pl.col(_STORED[quantile_of(a)])).alias(a)  # type: ignore[index]
+        for a in aggs
+    ]
 
 
 def _is_projection(plan: QueryPlan, group_by: Sequence[str], aggs: Sequence[str]) -> bool:
@@ -196,9 +196,8 @@ def partial_columns(
     bucket merges several windows or asks for a quantile that is not stored)."""
     keys = ("window_start", *group_by)
     if _is_projection(plan, group_by, aggs):
-        reads = (c for a in aggs for c in _SINGLE_READS.get(a, ()))
-        stored = (_STORED[q] for a in aggs if (q := quantile_of(a)) is not None)
-        return tuple(dict.fromkeys((*keys, *reads, *stored)))
+        reads = (c for expr in _projected(aggs) for c in expr.meta.root_names())
+        return tuple(dict.fromkeys((*keys, *reads)))
     columns = (*keys, "count", "sum", "min", "max", "last", "last_ts")
     if any(quantile_of(a) is not None for a in aggs):
         columns += ("p50", "p95", "p99", "sketch")
