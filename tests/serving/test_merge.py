@@ -298,3 +298,37 @@ def test_quantiles_merged_from_many_full_sketches_stay_within_the_rank_error() -
     for name, q in (("p50", 0.5), ("p99", 0.99)):
         rank = np.searchsorted(values, got[name][0], side="right") / len(values)
         assert abs(rank - q) <= RANK_EPS, (name, rank)
+
+
+@pytest.mark.parametrize("order", ["files out of order", "random"])
+def test_a_projection_comes_sorted_whatever_order_its_rows_came_in(order: str) -> None:
+    """Rows as a scan of hour files yields them (each file sorted, the files not) or in any
+    order: the answer is sorted by time, then server, either way."""
+    minutes = [m for m in range(180) for _ in range(3)]
+    points = _frame_at(minutes, [float(m % 17) for m in minutes]).with_columns(
+        server_id=pl.Series([f"srv-{i % 3}" for i in range(len(minutes))])
+    )
+    rows = rollup_rows(points, window_s=60).sort("window_start", "server_id")
+    if order == "random":
+        shuffled = rows.sample(fraction=1.0, shuffle=True, seed=5)
+    else:
+        hours = [rows.filter(pl.col("window_start").dt.hour() == h) for h in (2, 0, 1)]
+        shuffled = pl.concat([h for h in hours if h.height])
+    plan = plan_query(
+        start=T0,
+        end=T0 + timedelta(hours=3),
+        step_s=60,
+        watermarks={ROLLUP_1M: T0 + timedelta(hours=4)},
+        retention=RetentionSettings(),
+        now=NOW,
+    )
+    aggs = ("avg", "max", "p95")
+    got = merge_buckets(shuffled, plan=plan, group_by=("server_id",), aggs=aggs)
+    assert not shuffled.select("window_start", "server_id").equals(
+        got.select("window_start", "server_id")
+    )
+    assert got.equals(merge_buckets(rows, plan=plan, group_by=("server_id",), aggs=aggs))
+    assert got.height == 180 * 3
+    assert got.select("window_start", "server_id").equals(
+        got.select("window_start", "server_id").sort("window_start", "server_id")
+    )
