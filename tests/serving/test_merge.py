@@ -32,7 +32,7 @@ from fleetlens.serving.merge import (
     points_to_buckets,
     select_segments,
 )
-from fleetlens.serving.tiers import plan_query
+from fleetlens.serving.tiers import QueryPlan, plan_query
 from fleetlens.simulator.lake import POINT_SCHEMA, rollup_rows
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
@@ -165,6 +165,19 @@ def test_merged_answer_equals_the_exact_answer_from_all_points(
             assert below - RANK_EPS <= q <= rank + RANK_EPS, (name, row[name], len(bucket))
 
 
+def _batch_plan(span: timedelta, *, step_s: int) -> QueryPlan:
+    """The plan of ``[T0, T0 + span)`` in steps of ``step_s``, all of it before the batch
+    watermark (``rollup_1m``'s, an hour past the end)."""
+    return plan_query(
+        start=T0,
+        end=T0 + span,
+        step_s=step_s,
+        watermarks={ROLLUP_1M: T0 + span + timedelta(hours=1)},
+        retention=RetentionSettings(),
+        now=NOW,
+    )
+
+
 def _frame_at(minutes: Sequence[float], values: list[float]) -> pl.DataFrame:
     points = pl.DataFrame(
         {
@@ -214,14 +227,7 @@ def test_no_window_is_counted_twice_at_the_boundary_after_late_data() -> None:
 def test_a_bucket_of_one_window_reuses_its_stored_quantiles() -> None:
     points = _frame_at(list(range(10)), [float(v) for v in range(10)])
     rows = rollup_rows(points, window_s=60).with_columns(p95=pl.lit(-1.0))
-    plan = plan_query(
-        start=T0,
-        end=T0 + timedelta(minutes=10),
-        step_s=60,
-        watermarks={ROLLUP_1M: T0 + timedelta(hours=1)},
-        retention=RetentionSettings(),
-        now=NOW,
-    )
+    plan = _batch_plan(timedelta(minutes=10), step_s=60)
     got = merge_buckets(rows, plan=plan, group_by=(), aggs=("p95", "p90"))
     assert got["p95"].to_list() == [-1.0] * 10  # stored, not recomputed
     assert got["p90"].to_list() == [float(v) for v in range(10)]  # from the sketch
@@ -242,14 +248,7 @@ def test_a_merge_reads_only_the_columns_it_says(
     seconds = range(0, 900, 7)
     points = _frame_at([s / 60 for s in seconds], [float(s % 13) for s in seconds])
     rows = rollup_rows(points, window_s=60)
-    plan = plan_query(
-        start=T0,
-        end=T0 + timedelta(minutes=15),
-        step_s=step_s,
-        watermarks={ROLLUP_1M: T0 + timedelta(hours=1)},
-        retention=RetentionSettings(),
-        now=NOW,
-    )
+    plan = _batch_plan(timedelta(minutes=15), step_s=step_s)
     columns = partial_columns(plan, group_by, aggs)
     assert ("sketch" in columns) is reads_sketch
     narrow = merge_buckets(rows.select(columns), plan=plan, group_by=group_by, aggs=aggs)
@@ -279,14 +278,7 @@ def test_quantiles_merged_from_many_full_sketches_stay_within_the_rank_error() -
         for i in range(2)
     ]
     points = pl.concat(frames)
-    plan = plan_query(
-        start=T0,
-        end=T0 + timedelta(days=1),
-        step_s=86400,
-        watermarks={ROLLUP_1M: T0 + timedelta(days=2)},
-        retention=RetentionSettings(),
-        now=NOW,
-    )
+    plan = _batch_plan(timedelta(days=1), step_s=86400)
     got = merge_buckets(
         select_segments(plan, {ROLLUP_1M: rollup_rows(points, window_s=60)}),
         plan=plan,
@@ -314,14 +306,7 @@ def test_a_projection_comes_sorted_whatever_order_its_rows_came_in(order: str) -
     else:
         hours = [rows.filter(pl.col("window_start").dt.hour() == h) for h in (2, 0, 1)]
         shuffled = pl.concat([h for h in hours if h.height])
-    plan = plan_query(
-        start=T0,
-        end=T0 + timedelta(hours=3),
-        step_s=60,
-        watermarks={ROLLUP_1M: T0 + timedelta(hours=4)},
-        retention=RetentionSettings(),
-        now=NOW,
-    )
+    plan = _batch_plan(timedelta(hours=3), step_s=60)
     aggs = ("avg", "max", "p95")
     got = merge_buckets(shuffled, plan=plan, group_by=("server_id",), aggs=aggs)
     assert not shuffled.select("window_start", "server_id").equals(
