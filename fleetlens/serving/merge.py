@@ -175,10 +175,12 @@ def _sorted_from_runs(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
 
 
 def _in_order(by_time: pl.DataFrame, keys: list[str]) -> bool:
-    """Whether ``by_time``, sorted by ``keys[0]``, is sorted by ``keys`` too (checked for one
-    more key without nulls, the server; False otherwise)."""
-    if len(keys) != 2 or by_time.get_column(keys[1]).null_count():
-        return len(keys) == 1
+    """Whether ``by_time``, sorted by ``keys[0]``, is sorted by ``keys`` too. Checked for one
+    more key without nulls (the server); with more keys, or nulls, the answer is False."""
+    if len(keys) == 1:
+        return True
+    if len(keys) > 2 or by_time.get_column(keys[1]).null_count():
+        return False
     first, second = pl.col(keys[0]), pl.col(keys[1])
     ordered = (first != first.shift()) | (second >= second.shift())
     return bool(by_time.select(ordered.fill_null(True).all()).item())
