@@ -10,8 +10,9 @@ nor double-counts a record in the state:
 2. on the sink thread, while the main thread goes on: the closed windows are aggregated and
    their ``fleet.agg1m.v1`` records sent (in a catch-up, on the main thread before the
    snapshot: one thread of Python work is faster than two sharing the GIL); the rows are
-   upserted into Delta ``speed_1m`` and changed late counts into ``speed_late_1m``; the
-   agg1m, DLQ and alert records are acknowledged; then the snapshots are written as the
+   written into Delta ``speed_1m`` (idempotently: see :class:`speed_layer.sinks.SpeedTable`)
+   and changed late counts upserted into ``speed_late_1m``; the agg1m, DLQ and alert records
+   are acknowledged; then the snapshots are written as the
    partitions' checkpoints (the commit point);
 3. back here: the offsets are committed to Kafka, for lag monitoring only.
 
@@ -531,7 +532,7 @@ class _Loop:
             step("aggregate")
         if rows is not None:
             job.windows_closed = rows.num_rows
-            self.table.upsert(rows)
+            self.table.write(rows)
             step("speed_1m")
         self.late_table.upsert(job.late, updated_at_ms=int(time.time() * 1000))
         step("late")

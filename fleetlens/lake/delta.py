@@ -54,6 +54,7 @@ __all__ = [
     "MaintenanceReport",
     "TableMismatchError",
     "append",
+    "column_max",
     "delete_where",
     "ensure_table",
     "maintain",
@@ -143,6 +144,22 @@ def open_table(lake: Lake, name: str, *, version: int | None = None) -> DeltaTab
         TableNotFoundError: There is no Delta table at ``lake.table_uri(name)``.
     """
     return DeltaTable(lake.table_uri(name), version=version, storage_options=_options(lake))
+
+
+def column_max(table: DeltaTable, column: str) -> Any:
+    """The largest value of ``column`` in ``table`` (None if it has no rows).
+
+    Taken from the files' statistics in the log, so no data is read, except for files
+    written without a statistic for the column.
+    """
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return None
+    stat = f"max.{column}"
+    if stat in actions.schema.names and actions[stat].null_count == 0:
+        return pc.max(actions[stat]).as_py()
+    values = table.to_pyarrow_dataset().to_table(columns=[column])[column]
+    return pc.max(values).as_py()
 
 
 def ensure_table(

@@ -250,11 +250,8 @@ class QueryEngine:
         with self._tables.lock:
             table = self._tables.latest(SPEED_1M)
             if table is not None:
-                actions = pl.DataFrame(table.get_add_actions(flatten=True))
-                column = "max.window_start"
-                if column in actions.columns and actions.height:
-                    last = actions[column].max()
-        return Freshness(watermarks=self.watermarks(), last_speed_window=last)  # type: ignore[arg-type]
+                last = delta.column_max(table, "window_start")
+        return Freshness(watermarks=self.watermarks(), last_speed_window=last)
 
     def plan(
         self,
