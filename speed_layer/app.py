@@ -47,6 +47,7 @@ from speed_layer.aggregate import aggregate_windows
 from speed_layer.alerting import StreamAlerts
 from speed_layer.checkpoint import FORMAT, CheckpointStore, PartitionCheckpoint
 from speed_layer.fetcher import Fetcher, FetchSpec, PartitionRecords
+from speed_layer.memory import release_freed_memory
 from speed_layer.sinks import Agg1mTopic, LateTable, SpeedTable
 from speed_layer.windows import OpenWindow, PartitionWindows
 
@@ -546,6 +547,8 @@ class _Loop:
         step("checkpoint")
         self._maybe_housekeep()
         step("housekeeping")
+        release_freed_memory()
+        step("trim")
 
     def collect(self, *, wait: bool) -> None:
         """Finish the commit in flight, if it is done (or once it is, with ``wait``): offsets
