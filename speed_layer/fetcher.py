@@ -2,8 +2,9 @@
 
 kafka-python parses every record of a fetch in Python, which is most of what one process can
 consume (see ``docs/benchmarks.md``), and checking a payload against the contract costs about
-as much again. The fetcher runs both in a process of its own and hands the records over a pipe
-(``multiprocessing``, pickled lists of bytes: ~1 µs a record): valid ones in canonical form
+as much again. The fetcher runs both in a process of its own (``python -m
+speed_layer.fetcher``) and hands the records over a socket pair (multiprocessing's
+``Connection``: pickled lists of bytes, ~1 µs a record): valid ones in canonical form
 (:meth:`fleetlens.contract.Validator.canonical`), rejected ones as they came with the reason.
 Fetching and validating, and windowing and emitting, run on two cores.
 
@@ -11,23 +12,24 @@ The fetcher holds no state that matters: the speed layer decides where it starts
 checkpoints' offsets) and tracks what it has processed itself. Records the fetcher polled but
 the speed layer did not process before a stop or a crash are read again on the next start.
 The child dies with its parent (``PR_SET_PDEATHSIG`` on Linux; on any system it stops when the
-pipe closes).
+socket closes).
 
-Protocol, parent → child: ``("seek", {partition: offset})`` once, then any number of
-``("commit", {partition: offset})`` (committed to the consumer group, for lag monitoring) and
-finally ``("stop",)``. Child → parent: ``("hello", cluster_id, partitions, beginnings)``, then
-``("records", [PartitionRecords, ...])`` per non-empty poll, ``("error", text)`` on failure
-and ``("stopped",)``.
+Protocol, parent → child: the :class:`FetchSpec`, ``("seek", {partition: offset})`` once,
+then any number of ``("commit", {partition: offset})`` (committed to the consumer group, for
+lag monitoring) and finally ``("stop",)``. Child → parent: ``("hello", cluster_id,
+partitions, beginnings)``, then ``("records", [PartitionRecords, ...])`` per non-empty poll,
+``("error", text)`` on failure and ``("stopped",)``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import multiprocessing
 import os
 import queue
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -83,17 +85,20 @@ class Fetcher:
     """
 
     def __init__(self, spec: FetchSpec) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=_serve,
-            name="fleetlens-speed-fetcher",
-            args=(child, spec),
-            daemon=True,
-        )
-        self._process.start()
-        child.close()
+        # A plain child process rather than multiprocessing's "spawn", which also starts a
+        # resource-tracker process (13 MiB) and re-imports the parent's main module.
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                # What the parent can import (a test's or a benchmark's paths included).
+                env=os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            )
+            self._conn = Connection(ours.detach())
         self._stopped = False
+        self._conn.send(spec)
 
     def hello(self, timeout_s: float = 60.0) -> tuple[str | None, list[int], dict[int, int]]:
         """Wait for the child to connect: (cluster id, its partitions, their first offsets)."""
@@ -128,7 +133,7 @@ class Fetcher:
             message = self._conn.recv()
         except (EOFError, OSError) as error:
             raise FetcherDiedError(
-                f"the fetcher exited (exit code {self._process.exitcode})"
+                f"the fetcher exited (exit code {self._process.poll()})"
             ) from error
         if message[0] == "error":
             raise FetcherDiedError(f"the fetcher failed: {message[1]}")
@@ -147,10 +152,11 @@ class Fetcher:
             while time.monotonic() < deadline and self._conn.poll(0.1):
                 if self._conn.recv()[0] == "stopped":
                     break
-        self._process.join(max(deadline - time.monotonic(), 0.1))
-        if self._process.is_alive():
+        try:
+            self._process.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.join(5)
+            self._process.wait(5)
         self._conn.close()
 
 
@@ -316,3 +322,21 @@ def _fetch(conn: Connection, spec: FetchSpec) -> None:
                 outbox.put(("records", chunks))
     finally:
         consumer.close(autocommit=False)
+
+
+def _main(fd: int) -> None:
+    """The child's entry point: the connection's file descriptor, then the spec over it."""
+    conn = Connection(fd)
+    try:
+        spec = conn.recv()
+    except EOFError:
+        return  # the parent is gone
+    _serve(conn, spec)
+
+
+if __name__ == "__main__":
+    # Run from the module under its own name, so that what it pickles (PartitionRecords)
+    # names a class the parent can find, not this ``__main__``.
+    from speed_layer.fetcher import _main as main
+
+    main(int(sys.argv[1]))
