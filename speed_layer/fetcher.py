@@ -161,8 +161,9 @@ class Fetcher:
 
 
 #: Polls validated ahead of what the speed layer has read: it keeps polling while the layer
-#: is busy with a commit (~5,000 records and ~1.5 MB each, with the default settings).
-_PREFETCH_POLLS = 8
+#: is busy with a commit (~5,000 records and ~1.5 MB each, with the default settings; 4
+#: instead of 8 hold the process ~8 MiB lower at the same throughput).
+_PREFETCH_POLLS = 4
 
 
 class _Outbox:
