@@ -56,7 +56,7 @@ def release_freed_memory() -> None:
 
     With Arrow on the C library's malloc, each commit's buffers are freed into glibc's heap,
     which keeps them resident for the next use; returning them after a commit holds the
-    layer ~15 MiB lower at its peak for ~1 ms a commit.
+    layer ~15 MiB lower at its peak, on the sink thread (a trim of 100 MiB free: ~11 ms).
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
