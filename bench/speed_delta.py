@@ -6,7 +6,8 @@
    1-minute windows of ``--servers`` servers x 6 metrics (120 min x 60,000 rows = 7.2 M rows
    by default, in files of 10 minutes, as compaction leaves them). Then flushes of
    ``--flush-rows`` rows of the following minutes (10,000 = 1/6 of a minute, what the speed
-   layer writes every 10 s) are upserted, the variants taking turns:
+   layer writes every 10 s; it appends them, and upserts only a restart's replay) are
+   upserted, the variants taking turns:
 
    * ``upsert, prune_column``: ``fleetlens.lake.delta.upsert(..., prune_column="window_start")``;
    * ``upsert``: the same without ``prune_column`` (delta-rs still bounds the scan with the
