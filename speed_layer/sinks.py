@@ -60,16 +60,14 @@ class SpeedTable:
 
     def __init__(self, lake: Lake) -> None:
         self._lake = lake
-        delta.ensure_table(
+        table = delta.ensure_table(
             lake,
             SPEED_TABLE,
             schema=SPEED_1M_SCHEMA,
             description="Speed layer: closed 1-minute windows (same columns as rollup_1m).",
         )
         #: Windows starting at or before this may be in the table already (None: none are).
-        self.written_through: datetime | None = delta.column_max(
-            delta.open_table(lake, SPEED_TABLE), "window_start"
-        )
+        self.written_through: datetime | None = delta.column_max(table, "window_start")
 
     def write(self, rows: pa.Table) -> None:
         """Write closed windows; writing a window again replaces it."""

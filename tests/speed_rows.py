@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 from datasketches import kll_doubles_sketch
 
-from fleetlens.lake.schemas import SPEED_1M_SCHEMA
+from fleetlens.lake.schemas import SPEED_1M_SCHEMA, WINDOW_KEY
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 METRICS = ("cpu", "mem", "disk", "net_in", "net_out", "load")
@@ -60,3 +60,8 @@ def speed_rows(
         },
         schema=SPEED_1M_SCHEMA,
     )
+
+
+def ordered(table: pa.Table) -> pa.Table:
+    """``table`` in key order, with the speed schema's column order."""
+    return table.select(SPEED_1M_SCHEMA.names).sort_by([(c, "ascending") for c in WINDOW_KEY])

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
-from speed_rows import T0, speed_rows
+from speed_rows import T0, ordered, speed_rows
 
 from fleetlens.config import LakeSettings
 from fleetlens.lake.delta import (
@@ -34,11 +34,6 @@ from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import SPEED_1M_SCHEMA, WINDOW_KEY
 
 KEY = list(WINDOW_KEY)
-
-
-def ordered(table: pa.Table) -> pa.Table:
-    """``table`` in key order, with the speed schema's column order."""
-    return table.select(SPEED_1M_SCHEMA.names).sort_by([(c, "ascending") for c in KEY])
 
 
 @pytest.fixture

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from speed_rows import T0, speed_rows
+from deltalake import write_deltalake
+from speed_rows import T0, ordered, speed_rows
 
 from fleetlens.config import LakeSettings
 from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
-from fleetlens.lake.schemas import SPEED_1M, SPEED_1M_SCHEMA, WINDOW_KEY
+from fleetlens.lake.schemas import SPEED_1M
 from speed_layer.sinks import SpeedTable
 
 #: Rows of one minute with the default ten servers.
@@ -31,21 +32,13 @@ def _operations(lake: Lake) -> list[str]:
     return [c["operation"] for c in reversed(history) if c["operation"] != "CREATE TABLE"]
 
 
-def _content(lake: Lake) -> pa.Table:
-    return (
-        delta.read_table(lake, SPEED_1M)
-        .select(SPEED_1M_SCHEMA.names)
-        .sort_by([(c, "ascending") for c in WINDOW_KEY])
-    )
-
-
 def test_a_new_table_is_only_appended_to(lake: Lake) -> None:
     table = SpeedTable(lake)
     assert table.written_through is None
     for minute in range(3):
         table.write(speed_rows(MINUTE, first=minute * MINUTE))
     assert _operations(lake) == ["WRITE"] * 3
-    assert _content(lake).num_rows == 3 * MINUTE
+    assert ordered(delta.read_table(lake, SPEED_1M)).num_rows == 3 * MINUTE
 
 
 def test_after_a_restart_windows_written_before_are_merged_not_repeated(lake: Lake) -> None:
@@ -59,16 +52,14 @@ def test_after_a_restart_windows_written_before_are_merged_not_repeated(lake: La
     restarted.write(speed_rows(2 * MINUTE, first=2 * MINUTE))
     restarted.write(speed_rows(MINUTE, first=4 * MINUTE))
     assert _operations(lake) == ["WRITE", "MERGE", "MERGE", "WRITE"]
-    content = _content(lake)
+    content = ordered(delta.read_table(lake, SPEED_1M))
     assert content.num_rows == 5 * MINUTE
-    assert content.equals(speed_rows(5 * MINUTE).sort_by([(c, "ascending") for c in WINDOW_KEY]))
+    assert content.equals(ordered(speed_rows(5 * MINUTE)))
 
 
 def test_the_latest_window_is_read_from_the_data_when_the_log_has_no_statistics(
     lake: Lake,
 ) -> None:
-    from deltalake import write_deltalake
-
     rows = speed_rows(2 * MINUTE)
     write_deltalake(
         lake.table_uri(SPEED_1M),
