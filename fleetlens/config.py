@@ -314,6 +314,10 @@ class ServingSettings(_Section):
     #: Answers kept in memory (those wholly before the batch watermark: they only change
     #: when the batch layer recomputes a partition).
     cache_entries: int = Field(default=256, ge=0)
+    #: Memory for the batch rows of a query's range from its first whole hour (day, for the
+    #: hourly and daily tables) to the watermark, kept per table version: a refresh of the
+    #: same range scans only its first chunk and the speed layer's minutes. 0: off.
+    segment_cache_mb: int = Field(default=256, ge=0)
     #: Events a slow ``/api/v1/live`` subscriber may fall behind before it is dropped.
     live_queue: int = Field(default=10_000, ge=10)
     #: ``/api/v1/live`` starts this far back in the topics (so a new page has a window).

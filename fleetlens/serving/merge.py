@@ -24,6 +24,7 @@ __all__ = [
     "AGGREGATES",
     "PARTIAL_COLUMNS",
     "AggregateError",
+    "is_projection",
     "last_window",
     "merge_buckets",
     "parse_aggregates",
@@ -32,6 +33,7 @@ __all__ = [
     "quantile_of",
     "segment_rows",
     "select_segments",
+    "sort_partials",
 ]
 
 #: The aggregates a query may ask for, besides quantiles ``pNN`` (``p50``, ``p99.9``...).
@@ -123,6 +125,7 @@ def merge_buckets(
     plan: QueryPlan,
     group_by: Sequence[str],
     aggs: Sequence[str],
+    presorted: bool = False,
 ) -> pl.DataFrame:
     """One row per bucket of ``plan.step_s`` and group, from window aggregates.
 
@@ -132,6 +135,8 @@ def merge_buckets(
         plan: The query plan (its step; its range, which the rows must already be within).
         group_by: Key columns of a series (``server_id``, or tags); empty: one series.
         aggs: Aggregates, checked by :func:`parse_aggregates`.
+        presorted: The rows are sorted by time, then ``group_by`` (:func:`sort_partials`),
+            so a projection need not sort them again.
 
     Returns:
         ``window_start``, the group keys, then one column per aggregate, sorted by time,
@@ -139,10 +144,11 @@ def merge_buckets(
     """
     quantiles = {name: q for name in aggs if (q := quantile_of(name)) is not None}
     keys = ["window_start", *group_by]
-    if _is_projection(plan, group_by, aggs):
+    if is_projection(plan, group_by, aggs):
         # Every bucket is one window and every quantile is stored beside it: the answer is
         # a projection, sorted once it is narrow (the sort is most of its time).
-        return _sorted_from_runs(partials.select(*keys, *_projected(aggs)), keys)
+        projected = partials.select(*keys, *_projected(aggs))
+        return projected if presorted else sort_partials(projected, keys)
     if _one_window_per_bucket(plan, group_by):
         # Each window is a bucket of its own: a row per server, metric and window already.
         grouped = partials.with_columns(_windows=pl.lit(1, pl.UInt32))
@@ -164,17 +170,17 @@ def merge_buckets(
     return out.select(*keys, *(pl.col(a) for a in aggs)).sort(keys)
 
 
-def _sorted_from_runs(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+def sort_partials(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
     """``frame`` sorted by ``keys`` (time first), for rows that come as the table's files hold
     them: each file sorted, the files in no particular order (a Delta log lists them as they
     were added). A stable sort by time alone puts such runs in order cheaply; the full sort
     follows only if that left a key out of order (144,000 rows in hour files: 5 ms instead of
     14; input in random order costs what one full sort does)."""
     by_time = frame.sort(keys[0], maintain_order=True)
-    return by_time if _in_order(by_time, keys) else by_time.sort(keys)
+    return by_time if _in_order(by_time, keys) else by_time.sort(list(keys))
 
 
-def _in_order(by_time: pl.DataFrame, keys: list[str]) -> bool:
+def _in_order(by_time: pl.DataFrame, keys: Sequence[str]) -> bool:
     """Whether ``by_time``, sorted by ``keys[0]``, is sorted by ``keys`` too. Checked for one
     more key without nulls (the server); with more keys, or nulls, the answer is False."""
     if len(keys) == 1:
@@ -205,7 +211,9 @@ def _projected(aggs: Sequence[str]) -> list[pl.Expr]:
     ]
 
 
-def _is_projection(plan: QueryPlan, group_by: Sequence[str], aggs: Sequence[str]) -> bool:
+def is_projection(plan: QueryPlan, group_by: Sequence[str], aggs: Sequence[str]) -> bool:
+    """Whether every bucket is one window whose stored columns answer every aggregate (no
+    merging: :func:`merge_buckets` only selects and orders the rows)."""
     stored = all(q in _STORED for a in aggs if (q := quantile_of(a)) is not None)
     return stored and _one_window_per_bucket(plan, group_by)
 
@@ -217,7 +225,7 @@ def partial_columns(
     query: a scan need not read the others (the ``sketch`` column, the widest, only when a
     bucket merges several windows or asks for a quantile that is not stored)."""
     keys = ("window_start", *group_by)
-    if _is_projection(plan, group_by, aggs):
+    if is_projection(plan, group_by, aggs):
         reads = (c for expr in _projected(aggs) for c in expr.meta.root_names())
         return tuple(dict.fromkeys((*keys, *reads)))
     columns = (*keys, "count", "sum", "min", "max", "last", "last_ts")

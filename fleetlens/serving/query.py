@@ -34,13 +34,16 @@ from fleetlens.lake.schemas import (
 )
 from fleetlens.serving.merge import (
     AggregateError,
+    is_projection,
     last_window,
     merge_buckets,
     parse_aggregates,
     partial_columns,
     points_to_buckets,
     segment_rows,
+    sort_partials,
 )
+from fleetlens.serving.segment_cache import SegmentCache, split_for_cache
 from fleetlens.serving.tiers import (
     GROUP_KEYS,
     QueryPlan,
@@ -222,8 +225,14 @@ class QueryEngine:
         self._tables = _Tables(self._lake)
         self._cache: LRUCache[Any, QueryResult] = LRUCache(max(settings.serving.cache_entries, 1))
         self._cache_lock = threading.Lock()
+        self._segments = SegmentCache(settings.serving.segment_cache_mb * 2**20)
         #: The watermarks read at a version of their table: every query needs them.
         self._watermarks: tuple[int, dict[str, datetime]] | None = None
+
+    @property
+    def segment_cache(self) -> SegmentCache:
+        """The batch rows kept between queries (its ``hits`` and ``misses``)."""
+        return self._segments
 
     @property
     def metrics(self) -> list[str]:
@@ -391,30 +400,75 @@ class QueryEngine:
     ) -> tuple[pl.DataFrame, datetime | None]:
         """The answer, and the latest speed-layer window in it (for freshness)."""
         needed = partial_columns(plan, keys, aggs)
-        scans: list[pl.LazyFrame] = []
-        for segment in plan.segments:
-            found = versions.get(segment.table)
-            if found is None:
-                continue
-            time_column = "ts" if plan.tier.is_raw else "window_start"
-            scan = select_rows(
-                found[0].filter(*_segment_filter(segment, time_column), pl.col("metric") == metric),
+        time_column = "ts" if plan.tier.is_raw else "window_start"
+
+        def rows(scan: pl.LazyFrame, segment: Segment) -> pl.LazyFrame:
+            selected = select_rows(
+                scan.filter(*_segment_filter(segment, time_column), pl.col("metric") == metric),
                 servers,
                 filters,
                 tenant,
             )
-            scans.append(
-                scan.select("ts", "value", *keys) if plan.tier.is_raw else scan.select(needed)
-            )
+            if plan.tier.is_raw:
+                return selected.select("ts", "value", *keys)
+            return selected.select(needed)
+
+        scans: list[pl.LazyFrame] = []
+        #: The rows in time order: an index in ``scans``, or a segment's body from the cache.
+        pieces: list[int | pl.DataFrame] = []
+        #: Index in ``scans`` -> (cache key, start of the body to keep from its rows).
+        to_keep: dict[int, tuple[Any, datetime]] = {}
+        for segment in plan.segments:
+            found = versions.get(segment.table)
+            if found is None:
+                continue
+            head: Segment | None = segment
+            body = hit = None
+            if self._segments.enabled and not plan.tier.is_raw and segment.table != SPEED_1M:
+                head, body = split_for_cache(segment)
+            if body is not None:
+                key = (
+                    segment.table,
+                    found[1],
+                    metric,
+                    body.start,
+                    body.end,
+                    needed,
+                    None if servers is None else tuple(sorted(set(servers))),
+                    tuple(sorted((tag, tuple(values)) for tag, values in filters.items())),
+                    tenant,
+                )
+                hit = self._segments.get(key)
+                if hit is None:
+                    to_keep[len(scans)] = (key, body.start)
+            if hit is None:
+                pieces.append(len(scans))
+                scans.append(rows(found[0], segment))
+                continue
+            if head is not None:
+                pieces.append(len(scans))
+                scans.append(rows(found[0], head))
+            pieces.append(hit)
         if plan.tier.is_raw:
             points = pl.concat(scans).collect() if scans else _empty_points(keys)
             return points_to_buckets(points, plan=plan, group_by=keys, aggs=aggs), None
-        partials = pl.concat(pl.collect_all(scans)) if scans else _empty_partials(needed, keys)
+        # A projection's answer is its rows in order: each piece is sorted (a cached body once,
+        # when it is kept), and the pieces follow each other in time.
+        ordered = is_projection(plan, keys, aggs)
+        collected = [
+            sort_partials(frame, ("window_start", *keys)) if ordered else frame
+            for frame in (pl.collect_all(scans) if scans else [])
+        ]
+        for index, (key, body_start) in to_keep.items():
+            self._segments.put(key, collected[index].filter(pl.col("window_start") >= body_start))
+        parts = [collected[p] if isinstance(p, int) else p for p in pieces]
+        partials = pl.concat(parts) if parts else _empty_partials(needed, keys)
         speed = next((s for s in plan.segments if s.table == SPEED_1M), None)
         # The speed segment is the plan's last: its rows are those from its start on.
         newest = last_window(partials)
         last_speed = newest if speed and newest and newest >= speed.start else None
-        return merge_buckets(partials, plan=plan, group_by=keys, aggs=aggs), last_speed
+        merged = merge_buckets(partials, plan=plan, group_by=keys, aggs=aggs, presorted=ordered)
+        return merged, last_speed
 
     def _late(self, speed: Segment) -> int:
         found = self._tables.snapshot(SPEED_LATE_1M)

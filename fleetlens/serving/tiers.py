@@ -43,6 +43,7 @@ __all__ = [
     "Segment",
     "StepError",
     "Tier",
+    "ceil_to",
     "day_floor",
     "format_step",
     "parse_step",
@@ -186,7 +187,8 @@ def day_floor(moment: datetime) -> datetime:
     return _floor(moment, 86_400)
 
 
-def _ceil(moment: datetime, step_s: int) -> datetime:
+def ceil_to(moment: datetime, step_s: int) -> datetime:
+    """``moment`` rounded up to a multiple of ``step_s`` seconds since the epoch."""
     seconds = math.ceil(moment.timestamp() / step_s) * step_s
     return datetime.fromtimestamp(seconds, UTC)
 
@@ -259,7 +261,7 @@ def plan_query(
                 f"{tier.table} keeps {tier.retention_days} days: served by {coarser.table}"
             )
         tier = coarser
-    aligned_start, aligned_end = _floor(start, step_s), _ceil(end, step_s)
+    aligned_start, aligned_end = _floor(start, step_s), ceil_to(end, step_s)
     buckets = (aligned_end - aligned_start).total_seconds() / step_s
     if buckets > max_points:
         wanted = (aligned_end - aligned_start).total_seconds() / max_points
