@@ -9,9 +9,12 @@ building a million distinct sketches would take longer than the benchmark).
 
 Cases (as the serving issue states them): 24 h x 100 servers at 1 min; 7 d x 1 server at
 1 min; 30 d average by service at 1 h; 1 y x 1 server at 1 d. Each runs ``--runs`` times
-(20) cold (a new engine: tables opened again) and warm (one engine); the baseline scans the
-case's batch table with the same filters and collects it, without the merge, and once more
-sorted as the answer is (by time, then keys), to show what of the ratio is the ordering.
+(20), run k over the range ending k minutes earlier, as a dashboard refreshing every minute
+asks: cold (a new engine: tables opened again), warm (one engine, its cache of batch rows
+before the watermark in use) and warm without that cache (``serving.segment_cache_mb: 0``:
+every batch row scanned each time). The baseline scans the case's batch table over the same
+ranges with the same filters and collects it, without the merge: cold (the table opened
+again each run) and warm (one scan kept).
 """
 
 from __future__ import annotations
@@ -152,11 +155,12 @@ def build_lake(settings: Settings, *, servers: int, now: datetime) -> dict[str, 
     return marks
 
 
-def _timed(run: Callable[[], object], runs: int) -> list[float]:
+def _timed(run: Callable[[int], object], runs: int) -> list[float]:
+    """Seconds of ``run(k)`` for each run ``k``."""
     out = []
-    for _ in range(runs):
+    for k in range(runs):
         began = time.perf_counter()
-        run()
+        run(k)
         out.append(time.perf_counter() - began)
     return out
 
@@ -190,36 +194,48 @@ def main(argv: list[str] | None = None) -> None:
                 "rows",
                 "sources",
                 "cold p50 / p95 ms",
+                "direct scan cold p50 / p95 ms",
+                "merge / scan (cold p95)",
                 "warm p50 / p95 ms",
+                "warm, no segment cache, p50 / p95 ms",
                 "direct scan warm p50 / p95 ms",
                 "merge / scan (warm p95)",
-                "scan sorted like the answer, warm p95 ms (merge / it)",
+                "no segment cache / scan (warm p95)",
             ],
         )
         warm_engine = QueryEngine(settings)
+        serving = settings.serving.model_copy(update={"segment_cache_mb": 0})
+        uncached_engine = QueryEngine(settings.model_copy(update={"serving": serving}))
         servers = [f"srv-{i:05d}" for i in range(options.servers)]
         for case in CASES:
-            start, end = now - case.span, now
             chosen = None if case.servers is None else servers[: case.servers]
 
             def ask(
-                engine: QueryEngine, case: Case = case, chosen: list[str] | None = chosen
-            ) -> pl.DataFrame:
-                return engine.query(METRIC, now - case.span, now, step=case.step, servers=chosen,
-                                    group_by=case.group_by, aggs=case.aggs)  # fmt: skip
-
-            # Built once, as the engine keeps a scan per table version: polars resolves a
-            # scan's files once per LazyFrame, so both sides pay only for the query itself.
-            table = pl.scan_delta(delta.open_table(Lake(settings.lake), case.baseline_table))
-
-            def scan(
+                engine: QueryEngine,
+                k: int = 0,
                 case: Case = case,
                 chosen: list[str] | None = chosen,
-                start: datetime = start,
-                end: datetime = end,
-                table: pl.LazyFrame = table,
-                ordered: bool = False,
             ) -> pl.DataFrame:
+                end = now - timedelta(minutes=k)
+                return engine.query(METRIC, end - case.span, end, step=case.step, servers=chosen,
+                                    group_by=case.group_by, aggs=case.aggs)  # fmt: skip
+
+            def open_scan(case: Case = case) -> pl.LazyFrame:
+                return pl.scan_delta(delta.open_table(Lake(settings.lake), case.baseline_table))
+
+            # Warm: built once, as the engine keeps a scan per table version (polars resolves
+            # a scan's files once per LazyFrame); cold: the table opened again, as a new
+            # engine does.
+            table = open_scan()
+
+            def scan(
+                k: int = 0,
+                case: Case = case,
+                chosen: list[str] | None = chosen,
+                table: pl.LazyFrame = table,
+            ) -> pl.DataFrame:
+                end = now - timedelta(minutes=k)
+                start = end - case.span
                 lazy = table.filter(
                     pl.col("metric") == METRIC,
                     pl.col("window_start") >= start,
@@ -234,26 +250,28 @@ def main(argv: list[str] | None = None) -> None:
                 columns = ["window_start", *case.group_by, "count", "sum", "min", "max"]
                 if any(a.startswith("p") for a in case.aggs):
                     columns.append("p95")
-                lazy = lazy.select(columns)
-                # The answer's order (time, then keys): what the scan alone does not pay for.
-                return (lazy.sort("window_start", *case.group_by) if ordered else lazy).collect()
+                return lazy.select(columns).collect()
 
             result = ask(warm_engine)
-            ask(warm_engine)
+            ask(uncached_engine)
             scan()
-            cold = _timed(lambda: ask(QueryEngine(settings)), options.runs)
-            warm = _timed(lambda: ask(warm_engine), options.runs)
+            cold = _timed(lambda k: ask(QueryEngine(settings), k), options.runs)
+            warm = _timed(partial(ask, warm_engine), options.runs)
+            uncached = _timed(partial(ask, uncached_engine), options.runs)
             direct = _timed(scan, options.runs)
-            ordered = _timed(partial(scan, ordered=True), options.runs)
+            direct_cold = _timed(lambda k: scan(k, table=open_scan()), options.runs)
             report.add(
                 case.name,
                 f"{result.height:,}",
                 " + ".join(s["table"] for s in result.meta.sources),  # type: ignore[attr-defined]
                 f"{fmt_ms(_p(cold, 0.5))} / {fmt_ms(_p(cold, 0.95))}",
+                f"{fmt_ms(_p(direct_cold, 0.5))} / {fmt_ms(_p(direct_cold, 0.95))}",
+                f"{_p(cold, 0.95) / _p(direct_cold, 0.95):.2f}x",
                 f"{fmt_ms(_p(warm, 0.5))} / {fmt_ms(_p(warm, 0.95))}",
+                f"{fmt_ms(_p(uncached, 0.5))} / {fmt_ms(_p(uncached, 0.95))}",
                 f"{fmt_ms(_p(direct, 0.5))} / {fmt_ms(_p(direct, 0.95))}",
                 f"{_p(warm, 0.95) / _p(direct, 0.95):.2f}x",
-                f"{fmt_ms(_p(ordered, 0.95))} ({_p(warm, 0.95) / _p(ordered, 0.95):.2f}x)",
+                f"{_p(uncached, 0.95) / _p(direct, 0.95):.2f}x",
             )
             say(f"{case.name}: warm p95 {fmt_ms(_p(warm, 0.95))} ms (median of cold "
                 f"{fmt_ms(statistics.median(cold))} ms)")  # fmt: skip
