@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import polars as pl
 import sqlglot
+from sample_points import sample_points
 from sqlglot import exp
 
 from fleetlens.config import Settings, load_settings
@@ -21,7 +21,7 @@ from fleetlens.lake import delta
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import ROLLUP_1D, ROLLUP_1H, ROLLUP_1M
 from fleetlens.serving.trino import DEFAULT_CATALOG, DEFAULT_SCHEMA, LAKE_TABLES, serving_views
-from fleetlens.simulator.lake import POINT_SCHEMA, write_simulated_lake
+from fleetlens.simulator.lake import write_simulated_lake
 
 T0 = datetime(2026, 11, 30, tzinfo=UTC)
 HOURS = 30
@@ -37,26 +37,14 @@ METRICS = ("cpu_pct", "mem_pct", "disk_pct")
 
 def points(servers: int = 4, interval_s: int = 60, seed: int = 7) -> pl.DataFrame:
     """``HOURS`` of samples from ``T0`` for a few servers and metrics."""
-    rng = np.random.default_rng(seed)
-    n = HOURS * 3600 // interval_s
-    ts = [T0 + timedelta(seconds=interval_s * k) for k in range(n)]
-    return pl.concat(
-        pl.DataFrame(
-            {
-                "ts": ts,
-                "server_id": f"s{i}",
-                "metric": metric,
-                "value": rng.uniform(0, 100, n).round(3),
-                "tenant": "acme",
-                "region": "eu-west-1",
-                "env": "prod",
-                "service": ("api", "db")[i % 2],
-                "cluster": "c1",
-            }
-        )
-        for i in range(servers)
-        for metric in METRICS
-    ).cast(POINT_SCHEMA)  # type: ignore[arg-type]
+    return sample_points(
+        T0,
+        hours=HOURS,
+        servers=[f"s{i}" for i in range(servers)],
+        seed=seed,
+        metrics=METRICS,
+        interval_s=interval_s,
+    )
 
 
 def simulated_lake(root: Path, watermarks: Mapping[str, datetime]) -> Settings:

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from polars.testing import assert_frame_equal
+from sample_points import sample_points
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from fleetlens.config import Settings, load_settings
@@ -22,7 +23,7 @@ from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import ROLLUP_1D, ROLLUP_1H, ROLLUP_1M
 from fleetlens.serving.app import create_app
 from fleetlens.serving.query import QueryEngine, QueryError
-from fleetlens.simulator.lake import POINT_SCHEMA, write_simulated_lake
+from fleetlens.simulator.lake import write_simulated_lake
 from speed_layer.sinks import LateTable
 
 ACME = {"Authorization": "Bearer dev-token-acme"}
@@ -34,25 +35,8 @@ BOUNDARY = NOW - timedelta(hours=4)
 
 
 def _points(servers: int, *, tenant: str, seed: int) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    n = 30 * 360
-    ts = [START + timedelta(seconds=10 * k) for k in range(n)]
-    return pl.concat(
-        pl.DataFrame(
-            {
-                "ts": ts,
-                "server_id": f"{tenant}-{i}",
-                "metric": "cpu_pct",
-                "value": rng.uniform(0, 100, n).round(2),
-                "tenant": tenant,
-                "region": "eu-west-1",
-                "env": "prod",
-                "service": ("api", "db")[i % 2],
-                "cluster": "c1",
-            }
-        )
-        for i in range(servers)
-    ).cast(POINT_SCHEMA)  # type: ignore[arg-type]
+    names = [f"{tenant}-{i}" for i in range(servers)]
+    return sample_points(START, hours=30, servers=names, seed=seed, tenant=tenant)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from sample_points import sample_points
 
 from fleetlens.config import Settings, load_settings
 from fleetlens.lake.paths import Lake
@@ -18,7 +19,7 @@ from fleetlens.lake.schemas import ROLLUP_1D, ROLLUP_1H, ROLLUP_1M
 from fleetlens.serving.query import QueryEngine
 from fleetlens.serving.segment_cache import SegmentCache, split_for_cache
 from fleetlens.serving.tiers import Segment
-from fleetlens.simulator.lake import POINT_SCHEMA, write_simulated_lake
+from fleetlens.simulator.lake import write_simulated_lake
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 START = NOW - timedelta(hours=10)
@@ -73,25 +74,7 @@ def test_the_cache_is_bounded_by_the_size_of_its_frames() -> None:
 
 
 def _points(servers: range, *, seed: int) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    n = 10 * 360
-    ts = [START + timedelta(seconds=10 * k) for k in range(n)]
-    return pl.concat(
-        pl.DataFrame(
-            {
-                "ts": ts,
-                "server_id": f"acme-{i}",
-                "metric": "cpu_pct",
-                "value": rng.uniform(0, 100, n).round(2),
-                "tenant": "acme",
-                "region": "eu-west-1",
-                "env": "prod",
-                "service": ("api", "db")[i % 2],
-                "cluster": "c1",
-            }
-        )
-        for i in servers
-    ).cast(POINT_SCHEMA)  # type: ignore[arg-type]
+    return sample_points(START, hours=10, servers=[f"acme-{i}" for i in servers], seed=seed)
 
 
 def _write(settings: Settings, points: pl.DataFrame) -> None:
