@@ -61,6 +61,7 @@ __all__ = [
     "QueryError",
     "QueryMeta",
     "QueryResult",
+    "engine_for",
     "query",
     "select_rows",
 ]
@@ -621,8 +622,27 @@ def _empty_points(keys: Sequence[str]) -> pl.DataFrame:
     )
 
 
+#: Engines of ``query()``: by default the current profile's, loaded once; per ``settings``
+#: object passed (held here, so its ``id`` stays its own), so that repeated calls keep
+#: their tables open and their caches warm.
 _default: QueryEngine | None = None
+_engines: LRUCache[int, tuple[Settings, QueryEngine]] = LRUCache(8)
 _default_lock = threading.Lock()
+
+
+def engine_for(settings: Settings | None = None) -> QueryEngine:
+    """The engine :func:`query` uses for ``settings`` (default: the current profile's, from
+    ``FLEETLENS_PROFILE``), created on first use and kept."""
+    global _default
+    with _default_lock:
+        if settings is None:
+            if _default is None:
+                _default = QueryEngine(load_settings())
+            return _default
+        kept = _engines.get(id(settings))
+        if kept is None or kept[0] is not settings:
+            kept = _engines[id(settings)] = (settings, QueryEngine(settings))
+        return kept[1]
 
 
 def query(
@@ -637,14 +657,7 @@ def query(
     *,
     settings: Settings | None = None,
 ) -> QueryResult:
-    """:meth:`QueryEngine.query` for notebooks: on the lake of ``settings``, by default of
-    the current profile (``FLEETLENS_PROFILE``), loaded once."""
-    global _default
-    if settings is not None:
-        engine = QueryEngine(settings)
-    else:
-        with _default_lock:
-            if _default is None:
-                _default = QueryEngine(load_settings())
-            engine = _default
+    """:meth:`QueryEngine.query` for notebooks, on the lake of ``settings`` (default: the
+    current profile's), by an engine kept between calls (:func:`engine_for`)."""
+    engine = engine_for(settings)
     return engine.query(metric, start, end, step, servers, where, group_by, aggs)

@@ -13,10 +13,11 @@ import pytest
 from polars.testing import assert_frame_equal
 from sample_points import sample_points
 
+import fleetlens
 from fleetlens.config import Settings, load_settings
 from fleetlens.lake.paths import Lake
 from fleetlens.lake.schemas import ROLLUP_1D, ROLLUP_1H, ROLLUP_1M
-from fleetlens.serving.query import QueryEngine
+from fleetlens.serving.query import QueryEngine, engine_for
 from fleetlens.serving.segment_cache import SegmentCache, split_for_cache
 from fleetlens.serving.tiers import Segment
 from fleetlens.simulator.lake import write_simulated_lake
@@ -135,3 +136,16 @@ def test_a_new_table_version_is_read_not_the_rows_kept_from_the_old_one(
     assert_frame_equal(
         after, fresh.query("cpu_pct", START, NOW, step="1m", aggs=("count",), now=NOW)
     )
+
+
+def test_the_notebook_function_keeps_an_engine_per_settings(settings: Settings) -> None:
+    _write(settings, _points(range(2), seed=1))
+    first = fleetlens.query("cpu_pct", START + timedelta(minutes=5), NOW, step="1m",
+                            settings=settings)  # fmt: skip
+    again = fleetlens.query("cpu_pct", START + timedelta(minutes=6), NOW, step="1m",
+                            settings=settings)  # fmt: skip
+    assert_frame_equal(again, first.filter(pl.col("window_start") >= START + timedelta(minutes=6)))
+    engine = engine_for(settings)
+    assert engine is engine_for(settings)
+    assert (engine.segment_cache.misses, engine.segment_cache.hits) == (1, 1)
+    assert engine_for(settings.model_copy()) is not engine
