@@ -10,7 +10,7 @@ polars and puts the two together.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -344,11 +344,9 @@ class QueryEngine:
             cache_key = (
                 metric,
                 plan,
-                tuple(sorted(servers or ())),
-                tuple(sorted((tag, tuple(values)) for tag, values in filters.items())),
+                _selection_key(servers, filters, tenant),
                 keys,
                 wanted,
-                tenant,
                 tuple((t, v[1] if v else None) for t, v in sorted(versions.items())),
             )
             with self._cache_lock:
@@ -414,6 +412,7 @@ class QueryEngine:
                 return selected.select("ts", "value", *keys)
             return selected.select(needed)
 
+        selection = _selection_key(servers, filters, tenant)
         scans: list[pl.LazyFrame] = []
         #: The rows in time order: an index in ``scans``, or a segment's body from the cache.
         pieces: list[int | pl.DataFrame] = []
@@ -428,17 +427,7 @@ class QueryEngine:
             if self._segments.enabled and not plan.tier.is_raw and segment.table != SPEED_1M:
                 head, body = split_for_cache(segment)
             if body is not None:
-                key = (
-                    segment.table,
-                    found[1],
-                    metric,
-                    body.start,
-                    body.end,
-                    needed,
-                    None if servers is None else tuple(sorted(set(servers))),
-                    tuple(sorted((tag, tuple(values)) for tag, values in filters.items())),
-                    tenant,
-                )
+                key = (segment.table, found[1], metric, body.start, body.end, needed, selection)
                 hit = self._segments.get(key)
                 if hit is None:
                     to_keep[len(scans)] = (key, body.start)
@@ -610,6 +599,17 @@ def _empty_partials(columns: Sequence[str], keys: Sequence[str]) -> pl.DataFrame
         **dict.fromkeys(keys, pl.String),
     }
     return pl.DataFrame(schema={c: types.get(c, pl.Float64) for c in columns})
+
+
+def _selection_key(
+    servers: Sequence[str] | None, filters: Mapping[str, list[str]], tenant: str | None
+) -> Hashable:
+    """What selects a query's rows, as a cache key: no server list (all) differs from an
+    empty one (none); the order and repeats of servers do not matter (tag values come
+    sorted from ``_tag_filters``)."""
+    chosen = None if servers is None else tuple(sorted(set(servers)))
+    tags = tuple(sorted((tag, tuple(values)) for tag, values in filters.items()))
+    return chosen, tags, tenant
 
 
 def _empty_points(keys: Sequence[str]) -> pl.DataFrame:

@@ -263,3 +263,10 @@ def test_the_api_holds_to_its_openapi_document(api_schema: schemathesis.schemas.
             case.call_and_validate(headers=ACME, excluded_checks=[positive_data_acceptance])
 
         check()
+
+
+def test_a_cached_answer_for_every_server_is_not_that_for_none(lake_settings: Settings) -> None:
+    engine = QueryEngine(lake_settings)
+    args = ("cpu_pct", START, BOUNDARY)
+    assert not engine.query(*args, step="1h", servers=None, now=NOW).is_empty()
+    assert engine.query(*args, step="1h", servers=[], now=NOW).is_empty()
