@@ -339,12 +339,13 @@ class QueryEngine:
         watermarks = self.watermarks()
         plan = self.plan(start=start, end=end, step=step, now=now, watermarks=watermarks)
         versions = {s.table: self._tables.snapshot(s.table) for s in plan.segments}
+        selection = _selection_key(servers, filters, tenant)
         cache_key = None
         if plan.cacheable and self._settings.serving.cache_entries:
             cache_key = (
                 metric,
                 plan,
-                _selection_key(servers, filters, tenant),
+                selection,
                 keys,
                 wanted,
                 tuple((t, v[1] if v else None) for t, v in sorted(versions.items())),
@@ -362,6 +363,7 @@ class QueryEngine:
             keys=keys,
             aggs=wanted,
             tenant=tenant,
+            selection=selection,
         )
         speed = next((s for s in plan.segments if s.table == SPEED_1M), None)
         meta = QueryMeta(
@@ -396,6 +398,7 @@ class QueryEngine:
         keys: tuple[str, ...],
         aggs: tuple[str, ...],
         tenant: str | None,
+        selection: Hashable,
     ) -> tuple[pl.DataFrame, datetime | None]:
         """The answer, and the latest speed-layer window in it (for freshness)."""
         needed = partial_columns(plan, keys, aggs)
@@ -412,7 +415,6 @@ class QueryEngine:
                 return selected.select("ts", "value", *keys)
             return selected.select(needed)
 
-        selection = _selection_key(servers, filters, tenant)
         scans: list[pl.LazyFrame] = []
         #: The rows in time order: an index in ``scans``, or a segment's body from the cache.
         pieces: list[int | pl.DataFrame] = []
@@ -640,7 +642,7 @@ def engine_for(settings: Settings | None = None) -> QueryEngine:
                 _default = QueryEngine(load_settings())
             return _default
         kept = _engines.get(id(settings))
-        if kept is None or kept[0] is not settings:
+        if kept is None:  # a kept entry holds its settings: no other object has that id
             kept = _engines[id(settings)] = (settings, QueryEngine(settings))
         return kept[1]
 
