@@ -1,4 +1,4 @@
-"""Process-wide memory settings for a process that runs only the speed layer.
+"""Process-wide settings for a process that runs only the speed layer: memory and threads.
 
 Most of the layer's resident memory is libraries, not data (``docs/benchmarks.md``): these
 settings keep what the libraries hold to what the layer uses. Call
@@ -49,6 +49,11 @@ def configure_process_memory() -> None:
     # Arrow's default pool (mimalloc) keeps what each commit's aggregation freed; the C
     # library's malloc hands most of it back (-50 MiB at the peak, same throughput).
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    # polars only encodes each commit's agg1m records here (a few ms each): a pool of one
+    # thread per core, which it starts by default, spends more CPU handing the work around
+    # than it saves, on cores the fetcher and the main thread need (A/B in
+    # docs/benchmarks.md), and holds memory of its own.
+    os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
 
 def release_freed_memory() -> None:

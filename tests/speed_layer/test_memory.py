@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,16 +19,24 @@ print(json.dumps({
     "pool": pyarrow.default_memory_pool().backend_name,
     "jemalloc": os.environ.get("_RJEM_MALLOC_CONF"),
     "polars_from_arrow": polars.from_arrow(pyarrow.table({"a": [1]})).height,
+    "polars_threads": polars.thread_pool_size(),
 }))
 """
 
 
-def test_a_speed_layer_process_leaves_pandas_out_and_uses_the_system_allocator() -> None:
+def test_a_speed_layer_process_drops_pandas_uses_system_malloc_and_one_polars_thread() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
     )
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert not got["pandas"] and got["pool"] == "system" and got["polars_from_arrow"] == 1
+    assert got["polars_threads"] == 1  # on any number of cores
     # polars puts its own defaults in front; jemalloc lets the later options win.
     assert got["jemalloc"].endswith("dirty_decay_ms:0,muzzy_decay_ms:0")
 
