@@ -8,7 +8,8 @@ the same run, on the same topic:
 
 * ``baseline``: a bare kafka-python consumer made by ``make_consumer`` (the speed layer's
   consumer settings) reads the whole topic, only polling and JSON-decoding: the raw ceiling of
-  the client in one Python process.
+  the client in one Python process. It runs before the speed layer and again after it, and
+  the ceiling is the mean of the two: the VM's speed drifts within a run as well.
 * ``speed layer``: the real ``fleetlens speed run`` child process, end to end (consume,
   validate, dedup, window, sketch, emit, checkpoint), with its own fetcher child (two
   processes on the two cores, where the baseline is one). Its rate is ``records / busy_s``
@@ -168,21 +169,7 @@ def run(options: SpeedOptions) -> Report:
         )
         poll_ms = scratch.settings.speed.poll_timeout_ms
         say("baseline: bare consumer, poll + JSON decode (the raw ceiling)")
-        base = consume_baseline(scratch, on_topic, decode=True, poll_timeout_ms=poll_ms)
-        ceiling = base["rate"]
-        report.add(
-            "baseline: bare consumer (make_consumer), poll + JSON decode",
-            fmt_int(ceiling),
-            fmt_int(ceiling * len(METRICS)),
-            "100 %",
-            f"{base['seconds']:.1f}",
-            fmt_int(base["records"]),
-            NA,
-            NA,
-            fmt_cores(base["cpu"]),
-            fmt_cores(base["broker_cpu"]),
-            base["other_load"],
-        )
+        before = consume_baseline(scratch, on_topic, decode=True, poll_timeout_ms=poll_ms)
 
         args = ["speed", "run", "--exit-when-idle", f"{options.idle_s:g}"]
         python_args = ["-m", "cProfile", "-o", options.profile] if options.profile else []
@@ -197,6 +184,24 @@ def run(options: SpeedOptions) -> Report:
             env={"FLEETLENS_ALERTS__ENABLED": "false"},
         )
         stats = result["stats"]
+        say("baseline again, after the speed layer")
+        after = consume_baseline(scratch, on_topic, decode=True, poll_timeout_ms=poll_ms)
+        # The VM's speed drifts within a run too: the ceiling is the mean of the two.
+        ceiling = (before["rate"] + after["rate"]) / 2
+        for label, base in (("before", before), ("after", after)):
+            report.add(
+                f"baseline {label} the layer: bare consumer (make_consumer), poll + JSON decode",
+                fmt_int(base["rate"]),
+                fmt_int(base["rate"] * len(METRICS)),
+                f"{base['rate'] / ceiling * 100:.0f} %",
+                f"{base['seconds']:.1f}",
+                fmt_int(base["records"]),
+                NA,
+                NA,
+                fmt_cores(base["cpu"]),
+                fmt_cores(base["broker_cpu"]),
+                base["other_load"],
+            )
         # The layer and its fetcher child, summed (wait4's figure is the larger of the two).
         rss = max(result["peak_rss_sampled"], result["peak_rss_exact"])
         for label, seconds in (
