@@ -23,7 +23,7 @@ import msgspec
 import psutil
 from kafka.partitioner.default import murmur2
 
-from bench._common import Child, CpuMeter, Scratch, other_load, say, tree_rss
+from bench._common import Child, CpuMeter, Scratch, fmt_cores, fmt_int, other_load, say, tree_rss
 from fleetlens.config import load_settings
 from fleetlens.contract import Event, encode_event
 from fleetlens.kafka.clients import all_partitions, make_consumer, make_producer
@@ -32,6 +32,7 @@ from fleetlens.simulator.live import build_payloads
 
 __all__ = [
     "RssSampler",
+    "baseline_cells",
     "consume_baseline",
     "log_events",
     "log_ts",
@@ -194,6 +195,21 @@ def consume_baseline(
         "broker_cpu": shares["broker"],
         "other_load": other_load(shares),
     }
+
+
+def baseline_cells(base: dict[str, Any]) -> list[str]:
+    """A baseline's cells from ``seconds`` on, in the column order the benchmarks' tables
+    share: seconds, records, two not applicable, process CPU, broker CPU, other load."""
+    na = "n/a"
+    return [
+        f"{base['seconds']:.1f}",
+        fmt_int(base["records"]),
+        na,
+        na,
+        fmt_cores(base["cpu"]),
+        fmt_cores(base["broker_cpu"]),
+        base["other_load"],
+    ]
 
 
 # -- the child under test ---------------------------------------------------------------------

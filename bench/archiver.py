@@ -30,7 +30,7 @@ from bench._common import (
     fmt_int,
     say,
 )
-from bench._topic import consume_baseline, log_ts, prefill, run_to_exit
+from bench._topic import baseline_cells, consume_baseline, log_ts, prefill, run_to_exit
 from fleetlens.lake.paths import Lake
 from fleetlens.simulator.fleet import METRICS
 
@@ -128,13 +128,7 @@ def run(options: ArchiverOptions) -> Report:
             fmt_int(base["rate"]),
             NA,
             NA,
-            f"{base['seconds']:.1f}",
-            fmt_int(base["records"]),
-            NA,
-            NA,
-            fmt_cores(base["cpu"]),
-            fmt_cores(base["broker_cpu"]),
-            base["other_load"],
+            *baseline_cells(base),
         )
         if base["records"] != on_topic:
             report.notes.append(f"baseline read {base['records']} of {on_topic} records")

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from bench._common import Report, Scratch, fmt_cores, fmt_int, say
-from bench._topic import consume_baseline, log_ts, prefill, run_to_exit
+from bench._topic import baseline_cells, consume_baseline, log_ts, prefill, run_to_exit
 from fleetlens.kafka.clients import all_partitions, make_consumer
 from fleetlens.lake.paths import Lake
 from fleetlens.simulator.fleet import METRICS
@@ -194,13 +194,7 @@ def run(options: SpeedOptions) -> Report:
                 fmt_int(base["rate"]),
                 fmt_int(base["rate"] * len(METRICS)),
                 f"{base['rate'] / ceiling * 100:.0f} %",
-                f"{base['seconds']:.1f}",
-                fmt_int(base["records"]),
-                NA,
-                NA,
-                fmt_cores(base["cpu"]),
-                fmt_cores(base["broker_cpu"]),
-                base["other_load"],
+                *baseline_cells(base),
             )
         # The layer and its fetcher child, summed (wait4's figure is the larger of the two).
         rss = max(result["peak_rss_sampled"], result["peak_rss_exact"])
