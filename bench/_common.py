@@ -352,6 +352,10 @@ class Report:
             out.print(f"  • {note}")
 
 
+#: What a table cell holds where a figure does not apply.
+NA = "n/a"
+
+
 def fmt_int(value: float) -> str:
     return f"{value:,.0f}"
 

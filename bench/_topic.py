@@ -23,7 +23,17 @@ import msgspec
 import psutil
 from kafka.partitioner.default import murmur2
 
-from bench._common import Child, CpuMeter, Scratch, fmt_cores, fmt_int, other_load, say, tree_rss
+from bench._common import (
+    NA,
+    Child,
+    CpuMeter,
+    Scratch,
+    fmt_cores,
+    fmt_int,
+    other_load,
+    say,
+    tree_rss,
+)
 from fleetlens.config import load_settings
 from fleetlens.contract import Event, encode_event
 from fleetlens.kafka.clients import all_partitions, make_consumer, make_producer
@@ -200,12 +210,11 @@ def consume_baseline(
 def baseline_cells(base: dict[str, Any]) -> list[str]:
     """A baseline's cells from ``seconds`` on, in the column order the benchmarks' tables
     share: seconds, records, two not applicable, process CPU, broker CPU, other load."""
-    na = "n/a"
     return [
         f"{base['seconds']:.1f}",
         fmt_int(base["records"]),
-        na,
-        na,
+        NA,
+        NA,
         fmt_cores(base["cpu"]),
         fmt_cores(base["broker_cpu"]),
         base["other_load"],

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from bench._common import (
+    NA,
     Report,
     Scratch,
     fmt_cores,
@@ -35,7 +36,6 @@ from fleetlens.lake.paths import Lake
 from fleetlens.simulator.fleet import METRICS
 
 POINTS_PER_ROW = len(METRICS)
-NA = "n/a"
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing import Any
 import psutil
 
 from bench._common import (
+    NA,
     Report,
     child_environment,
     fmt_cores,
@@ -291,7 +292,7 @@ def _report(
             fmt_int(points / work),
             f"{bare / work:.2f}x" if variant != "spark-groupby" else "1.00x",
             ", ".join(f"{k} {v:.1f}" for k, v in found["stages"].items()),
-            f"{found['session_s']:.1f}" if "session_s" in found else "n/a",
+            f"{found['session_s']:.1f}" if "session_s" in found else NA,
             f"{found['wall_s']:.1f}",
             f"{found['peak_rss'] / 2**20:,.0f} MiB",
             fmt_cores(found["cpu_s"] / found["wall_s"]),

@@ -44,6 +44,7 @@ import msgspec
 
 from bench import _http
 from bench._common import (
+    NA,
     Child,
     CpuMeter,
     Report,
@@ -62,7 +63,6 @@ from fleetlens.simulator.live import build_payloads
 
 PATH = "/api/v1/metrics"
 POINTS_PER_PAYLOAD = len(METRICS)
-NA = "n/a"
 GOAL_PAYLOADS_S = 5_000
 
 Body = tuple[bytes, int]  # (encoded request body, payloads in it)

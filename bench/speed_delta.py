@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 from datasketches import kll_doubles_sketch
 from deltalake import DeltaTable, write_deltalake
 
-from bench._common import Report, fmt_ms, machine, say
+from bench._common import NA, Report, fmt_ms, machine, say
 from fleetlens.config import LakeSettings
 from fleetlens.lake.delta import DEFAULT_PROPERTIES, ensure_table, upsert
 from fleetlens.lake.paths import Lake
@@ -231,7 +231,7 @@ def bench_upserts(args: argparse.Namespace, lake: Lake) -> Report:
             len(times[name]),
             fmt_ms(statistics.median(times[name])),
             fmt_ms(max(times[name])),
-            fmt_ms(statistics.median(replays[name])) if replays[name] else "n/a",
+            fmt_ms(statistics.median(replays[name])) if replays[name] else NA,
             f"{m.get('num_target_files_scanned')} / "
             f"{m.get('num_target_files_skipped_during_scan')}",
             f"{m.get('num_target_rows_inserted'):,}",

@@ -44,7 +44,6 @@ from speed_layer.checkpoint import CheckpointStore
 from speed_layer.sinks import SPEED_TABLE, Agg1mRecord
 from speed_layer.windows import OpenWindow
 
-NA = "n/a"
 #: The goal of the issue, on this 2-core machine.
 GOAL_RECORDS_S = 30_000
 GOAL_SHARE_OF_CEILING = 0.8
@@ -168,7 +167,7 @@ def run(options: SpeedOptions) -> Report:
             scratch, records=options.records, servers=options.servers, procs=options.prefill_procs
         )
         poll_ms = scratch.settings.speed.poll_timeout_ms
-        say("baseline: bare consumer, poll + JSON decode (the raw ceiling)")
+        say("baseline before the speed layer: bare consumer, poll + JSON decode")
         before = consume_baseline(scratch, on_topic, decode=True, poll_timeout_ms=poll_ms)
 
         args = ["speed", "run", "--exit-when-idle", f"{options.idle_s:g}"]
